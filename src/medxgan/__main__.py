@@ -1,0 +1,3 @@
+from medxgan.cli import main
+
+raise SystemExit(main())
