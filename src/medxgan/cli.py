@@ -1,0 +1,369 @@
+"""Command-line interface: a thin layer over the library; the only module (with the report
+writer and data loaders) that touches paths. Every user mistake ends as one line on stderr and a
+non-zero exit code."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from medxgan.errors import MedxganError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+# --- shared helpers ------------------------------------------------------------------------
+
+def _write_json(path: Path, obj) -> None:
+    from medxgan.checkpoint import atomic_write
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=float)
+            f.write("\n")
+
+    atomic_write(path, write)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MedxganError(f"{path}: {what} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise MedxganError(f"{path}: {what} is not valid JSON") from None
+
+
+def _prepare_out(out: Path, resume: bool = False, marker: str | None = None) -> Path:
+    """Refuse to overwrite a finished run unless resuming; create the directory."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MedxganError(f"{out}: exists and is not a directory")
+    if marker and (out / marker).exists() and not resume:
+        raise MedxganError(f"{out}: already holds a finished run ({marker}); choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise MedxganError(f"{out}: output directory is not writable ({e.strerror})") from None
+    return out
+
+
+def _run_config(args, base=None):
+    from medxgan.config import RunConfig, apply_overrides, load_config_file
+
+    cfg = base or RunConfig()
+    if getattr(args, "config", None):
+        cfg = RunConfig.from_dict({**cfg.to_dict(), **_merge(cfg.to_dict(), load_config_file(args.config))})
+    data_over = {k: getattr(args, k) for k in ("size", "channels", "resize", "positive", "negative") if getattr(args, k, None) is not None}
+    if data_over:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data_over))
+    return apply_overrides(cfg, getattr(args, "set", None) or [])
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def load_splits(data: str, dcfg, out: Path | None = None, split_file: Path | None = None, progress=True, **kw) -> dict:
+    """{train, val, test} LabeledImages for a folder (seeded stratified split, saved as
+    ``out/split.json``, or re-used from ``split_file``) or a MedMNIST .npz (its own splits)."""
+    from medxgan import data as D
+
+    path = Path(data)
+    if not path.exists():
+        raise MedxganError(f"{path}: data not found")
+    if path.is_file() and path.suffix == ".npz":
+        splits = {s: D.load_medmnist(path, s, size=dcfg.size, channels=dcfg.channels) for s in ("train", "val", "test")}
+        record = {s: splits[s].names for s in splits}
+    else:
+        full = D.load_folder(path, size=dcfg.size, channels=dcfg.channels, positive=dcfg.positive, negative=dcfg.negative,
+                             resize=dcfg.resize, progress=progress, **kw)
+        if split_file is not None:
+            record = D.load_split(split_file)
+            index = {n: i for i, n in enumerate(full.names)}
+            missing = [n for s in record.values() for n in s if n not in index]
+            if missing:
+                raise MedxganError(f"{path}: {len(missing)} images of the model's split are missing here (e.g. {missing[0]}); use the data the classifier was trained on")
+            splits = {s: full.subset(sorted(index[n] for n in names)) for s, names in record.items()}
+        else:
+            idx = D.stratified_split(full.labels.numpy(), dcfg.split_fractions, dcfg.split_seed)
+            splits = {s: full.subset(idx[s]) for s in ("train", "val", "test")}
+            record = {s: splits[s].names for s in splits}
+    for s, part in splits.items():
+        if len(part) == 0:
+            raise MedxganError(f"{path}: the {s} split is empty; add images")
+    if out is not None:
+        from medxgan.data import save_split
+
+        save_split(record, out / "split.json")
+    return splits
+
+
+def _classifier_path(spec: str) -> Path:
+    from medxgan.checkpoint import CLASSIFIER_FILE
+
+    p = Path(spec)
+    if p.is_dir():
+        p = p / CLASSIFIER_FILE
+        if not p.is_file():
+            raise MedxganError(f"{spec}: no {CLASSIFIER_FILE} here — is this a `medxgan train-classifier` run directory?")
+    elif not p.exists():
+        raise MedxganError(f"{spec}: classifier run directory or file not found")
+    return p
+
+
+# --- commands ------------------------------------------------------------------------------
+
+def cmd_phantoms(args) -> int:
+    from medxgan.phantoms import write_phantom_dataset
+
+    t = time.time()
+    out = write_phantom_dataset(args.out, n=args.n, size=args.size, seed=args.seed, shortcut=args.shortcut, progress=not args.no_progress)
+    print(f"wrote {args.n} phantoms ({args.size}x{args.size}) to {out} in {time.time() - t:.1f}s")
+    return 0
+
+
+def cmd_train_classifier(args) -> int:
+    import torch
+
+    from medxgan.checkpoint import CLASSIFIER_FILE, call_factory, load_foreign_weights, save_classifier
+    from medxgan.device import resolve_device
+    from medxgan.models.classifier import BinaryClassifier
+    from medxgan.training.classifier import binary_metrics, predict_proba, train_classifier
+
+    cfg = _run_config(args)
+    device = resolve_device(args.device)
+    out = _prepare_out(args.out, marker=CLASSIFIER_FILE)
+    splits = load_splits(args.data, cfg.data, out, progress=not args.no_progress,
+                         **_mask_kwargs(args))
+    _write_json(out / "config.json", cfg.to_dict())
+    brought = None
+    if args.classifier_factory:
+        net = call_factory(args.classifier_factory)
+        with torch.no_grad():
+            probe = net.eval()(splits["train"].images[:2])
+        n_logits = probe.shape[-1] if probe.ndim == 2 else 1
+        brought = BinaryClassifier(net, n_logits)
+        if args.weights:
+            load_foreign_weights(net, args.weights)
+    elif args.weights:
+        raise MedxganError("--weights needs --classifier-factory (the module the weights belong to)")
+    if brought is not None and args.weights:
+        model, history = brought.eval().to(device), []  # brought trained: evaluate and package only
+    else:
+        model, history = train_classifier(cfg.classifier, splits["train"].images, splits["train"].labels,
+                                          splits["val"].images, splits["val"].labels, device=device,
+                                          progress=not args.no_progress, classifier=brought)
+    metrics = {s: binary_metrics(predict_proba(model, splits[s].images, device=device), splits[s].labels) for s in ("val", "test")}
+    save_classifier(out / CLASSIFIER_FILE, model.cpu(), None if brought is not None else cfg.classifier, cfg.data.size,
+                    cfg.data.channels, factory=args.classifier_factory, extra={"data": dataclasses.asdict(cfg.data)})
+    _write_json(out / "metrics.json", {"classifier": metrics, "history": history})
+    print(f"classifier: val accuracy {metrics['val']['accuracy']:.4f} AUC {metrics['val']['auc']:.4f} | "
+          f"test accuracy {metrics['test']['accuracy']:.4f} AUC {metrics['test']['auc']:.4f}")
+    print(f"saved {out / CLASSIFIER_FILE}")
+    return 0
+
+
+def _mask_kwargs(args) -> dict:
+    kw = {}
+    if getattr(args, "masks", None):
+        kw["masks"] = args.masks
+    if getattr(args, "via", None):
+        kw["via"] = args.via
+    if getattr(args, "skip_bad", False):
+        kw["skip_bad"] = True
+    return kw
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from medxgan import checkpoint as ckpt
+    from medxgan.config import DataConfig, RunConfig, from_dict
+    from medxgan.device import resolve_device
+    from medxgan.evaluate.fidelity import generated_accuracy
+    from medxgan.training.gan import train_gan
+    from medxgan.visualize import sample_grid, save_figure
+
+    cpath = _classifier_path(args.classifier)
+    classifier, cmeta = ckpt.load_classifier(cpath)
+    out = Path(args.out)
+    if args.resume:
+        saved = _read_json(out / "config.json", "run config (nothing to resume?)")
+        cfg = _run_config(args, RunConfig.from_dict(saved))
+    else:
+        base = RunConfig(data=from_dict(DataConfig, cmeta["data"])) if "data" in cmeta else RunConfig()
+        cfg = _run_config(args, base)
+    if (cfg.data.size, cfg.data.channels) != (cmeta["size"], cmeta["channels"]):
+        raise MedxganError(
+            f"{cpath}: classifier expects {cmeta['channels']}x{cmeta['size']}x{cmeta['size']} images, "
+            f"the GAN is configured for {cfg.data.channels}x{cfg.data.size}x{cfg.data.size}"
+        )
+    out = _prepare_out(out, resume=args.resume, marker=None)
+    if not args.resume and (out / ckpt.TRAIN_STATE_FILE).exists():
+        raise MedxganError(f"{out}: already holds a training run; pass --resume to continue it or choose another --out")
+    split_file = cpath.parent / "split.json" if (cpath.parent / "split.json").exists() else None
+    splits = load_splits(args.data, cfg.data, out, split_file=split_file, progress=not args.no_progress, **_mask_kwargs(args))
+    _write_json(out / "config.json", cfg.to_dict())
+    if not args.resume or not (out / ckpt.CLASSIFIER_FILE).exists():
+        shutil.copyfile(cpath, out / ckpt.CLASSIFIER_FILE)  # the model run is self-contained
+    device = resolve_device(args.device)
+    real = splits["train"].images
+    samples = out / "samples"
+    samples.mkdir(exist_ok=True)
+
+    def on_sample(G, step):
+        save_figure(sample_grid(G, classifier.to(device), real=real[:6]), samples / f"step_{step:06d}.png")
+
+    G, stats = train_gan(cfg.gan, real, classifier, out_dir=out, resume=args.resume, device=device,
+                         progress=not args.no_progress, on_sample=on_sample)
+    fid = generated_accuracy(G, classifier.to(device), n_z1=args.eval_z1, seed=0, device=device)
+    _write_json(out / "metrics.json", {"generated": fid, "steps": cfg.gan.steps})
+    shutil.copyfile(samples / f"step_{cfg.gan.steps:06d}.png", out / "samples.png")
+    print(f"medXGAN: generated accuracy {fid['accuracy']:.4f} (AUC {fid['auc']:.4f}, {fid['n']} images, Table 1 protocol)")
+    print(f"saved {out / ckpt.GENERATOR_FILE}; sample grid {out / 'samples.png'} — look at it: accuracy alone does not show realism")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from medxgan.checkpoint import read_metadata
+
+    meta = read_metadata(args.model)
+    print(json.dumps(meta, indent=2))
+    return 0
+
+
+DEMO_PRESETS = {
+    # name: (phantoms n, size, classifier overrides, gan overrides)
+    "full": (4000, 64, ["classifier.epochs=6", "classifier.width=16"],
+             ["gan.steps=1500", "gan.ngf=16", "gan.ndf=16", "gan.batch_size=48", "gan.checkpoint_every=500", "gan.sample_every=250"]),
+    "quick": (240, 32, ["classifier.epochs=4", "classifier.width=8", "classifier.depth=3", "classifier.batch_size=32"],
+              ["gan.steps=60", "gan.ngf=8", "gan.ndf=8", "gan.z1_dim=16", "gan.z2_dim=4", "gan.batch_size=16",
+               "gan.lam_warmup=20", "gan.ema_start=10", "gan.checkpoint_every=30", "gan.sample_every=30"]),
+}
+
+
+def cmd_demo(args) -> int:
+    preset = "quick" if args.quick else "full"
+    n, size, c_over, g_over = DEMO_PRESETS[preset]
+    out = _prepare_out(args.out)
+    t0 = time.time()
+    common = ["--device", args.device] + (["--no-progress"] if args.no_progress else [])
+    steps = [
+        ("phantoms", ["phantoms", "--out", str(out / "phantoms"), "--n", str(n), "--size", str(size), "--seed", str(args.seed)]
+         + (["--no-progress"] if args.no_progress else [])),
+        ("classifier", ["train-classifier", "--data", str(out / "phantoms"), "--out", str(out / "classifier")] + common
+         + [a for s in c_over for a in ("--set", s)]),
+        ("medXGAN", ["train", "--data", str(out / "phantoms"), "--classifier", str(out / "classifier"), "--out", str(out / "medxgan")]
+         + common + [a for s in g_over for a in ("--set", s)] + (["--eval-z1", "100"] if args.quick else [])),
+    ]
+    for name, argv in steps:
+        if name == "phantoms" and (out / "phantoms" / "labels.csv").exists():
+            print("[demo] phantoms already there, re-using them")
+            continue
+        if name == "classifier" and (out / "classifier" / "classifier.safetensors").exists():
+            print("[demo] classifier already trained, re-using it")
+            continue
+        if name == "medXGAN" and (out / "medxgan" / "metrics.json").exists():
+            print("[demo] medXGAN already trained, re-using it")
+            continue
+        if name == "medXGAN" and (out / "medxgan" / "train_state.pt").exists():
+            argv = argv + ["--resume"]
+        print(f"[demo] {name} ({time.time() - t0:.0f}s)")
+        rc = main(argv)
+        if rc:
+            return rc
+    print(f"[demo] done in {time.time() - t0:.0f}s")
+    print(f"[demo] results in {out}: classifier/metrics.json, medxgan/metrics.json, medxgan/samples.png")
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------
+
+def _add_common(p, data=True):
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | mps")
+    p.add_argument("--config", help="JSON run config (sections data, classifier, gan)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config value, e.g. gan.lr_g=1e-4")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if data:
+        p.add_argument("--size", type=int, help="image size the models work at (default 64)")
+        p.add_argument("--channels", type=int, choices=(1, 3), help="1 = gray (default), 3 = RGB")
+        p.add_argument("--resize", choices=("pad", "crop", "stretch"), help="how images are fitted to the size (default pad)")
+        p.add_argument("--positive", help="sub-folder of the positive class (default 'positive')")
+        p.add_argument("--negative", help="sub-folder of the negative class (default 'negative')")
+        p.add_argument("--masks", help="folder of lesion masks named like the images")
+        p.add_argument("--via", help="VGG Image Annotator JSON with lesion outlines")
+        p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (and count them) instead of stopping")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medxgan", description="Explain medical image classifiers with a generative latent space (medXGAN).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("phantoms", help="write the embedded synthetic brain-MRI dataset with lesion masks")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=4000)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shortcut", type=float, default=0.0, help="fraction of positives that carry a spurious border marker")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_phantoms)
+
+    p = sub.add_parser("train-classifier", help="train (or bring) the binary classifier to explain")
+    p.add_argument("--data", required=True, help="folder with one sub-folder per class, or a MedMNIST .npz")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--classifier-factory", help="bring your own: package.module:function returning an nn.Module")
+    p.add_argument("--weights", help="weights for the factory's module (.safetensors or a state-dict .pt); skips training")
+    _add_common(p)
+    p.set_defaults(func=cmd_train_classifier)
+
+    p = sub.add_parser("train", help="train the medXGAN generator with the frozen classifier in the loop (Eq. 4)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--classifier", required=True, help="train-classifier run directory (or its classifier.safetensors)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--eval-z1", type=int, default=1000, help="anatomy codes for the final generated-accuracy check (paper: 1000)")
+    _add_common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="phantoms -> classifier -> medXGAN on the embedded data")
+    p.add_argument("--out", default="demo-out")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (for tests): under 2 minutes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("info", help="print the metadata of a medxgan model file")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except MedxganError as e:
+        print(f"medxgan: error: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED if str(e).startswith("interrupted") else EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("medxgan: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""Frozen per-stage configs, nested in one run config, with typed ``--set a.b=v`` overrides.
+
+A run directory stores ``config.json`` (``RunConfig.to_dict()``); model files carry the parts
+needed to rebuild their module in their safetensors metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+
+from medxgan.errors import MedxganError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    size: int = 64  # images are resized to size x size
+    channels: int = 1  # 1 = gray, 3 = RGB
+    resize: str = "pad"  # pad (aspect-preserving, black border) | crop | stretch
+    positive: str = "positive"  # sub-folder holding the positive class
+    negative: str = "negative"
+    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train / val / test
+
+    def __post_init__(self):
+        if self.size < 16 or self.size > 512:
+            raise MedxganError(f"data.size must be between 16 and 512, got {self.size}")
+        if self.channels not in (1, 3):
+            raise MedxganError(f"data.channels must be 1 or 3, got {self.channels}")
+        if self.resize not in ("pad", "crop", "stretch"):
+            raise MedxganError(f"data.resize must be pad, crop or stretch, got {self.resize!r}")
+        fr = self.split_fractions
+        if len(fr) != 3 or min(fr) <= 0 or abs(sum(fr) - 1) > 1e-6:
+            raise MedxganError(f"data.split_fractions must be three positive numbers summing to 1, got {fr}")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    arch: str = "vgg_compact"  # vgg_compact | paper_mri_cnn | vgg16
+    width: int = 32  # channels of the first block (vgg16: a multiplier base, 64 = the original)
+    depth: int = 4  # number of conv blocks (vgg_compact only)
+    convs_per_block: int = 1  # vgg_compact only
+    n_logits: int = 1  # 1 = sigmoid head, 2 = softmax head
+    dropout: float = 0.2
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    augment: bool = True  # light: flips, small shifts, intensity jitter
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.arch not in ("vgg_compact", "paper_mri_cnn", "vgg16"):
+            raise MedxganError(f"classifier.arch must be vgg_compact, paper_mri_cnn or vgg16, got {self.arch!r}")
+        if self.n_logits not in (1, 2):
+            raise MedxganError(f"classifier.n_logits must be 1 (sigmoid) or 2 (softmax), got {self.n_logits}")
+        if self.width < 1 or self.depth < 1 or self.epochs < 1 or self.batch_size < 1:
+            raise MedxganError("classifier.width, depth, epochs and batch_size must be positive")
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    arch: str = "medxgan"  # medxgan (ours: upsample+conv G, spectral-norm D) | paper (official DCGAN layout)
+    code: str = "continuous"  # continuous (medXGAN: z2 = 0 / N(0,I)) | discrete (one-hot class code)
+    z1_dim: int = 128  # anatomy code
+    z2_dim: int = 16  # pathology code (continuous code only)
+    ngf: int = 32
+    ndf: int = 32
+    steps: int = 3000
+    batch_size: int = 64
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    lam: float = 2.0  # weight of the classifier term -log p_C(y | G(z1, y)) (Eq. 4)
+    lam_warmup: int = 500  # steps over which lambda ramps up linearly from 0: D shapes anatomy first
+    ema: float = 0.999  # EMA decay of G's weights (0 disables)
+    ema_start: int = 200  # steps before EMA starts tracking
+    r1_gamma: float = 0.0  # R1 penalty on real images (0 disables)
+    diff_augment: bool = True  # random translation of real and fake before D (small data)
+    spectral_norm: bool = True  # spectral norm in D
+    checkpoint_every: int = 500
+    sample_every: int = 250
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.arch not in ("medxgan", "paper"):
+            raise MedxganError(f"gan.arch must be medxgan or paper, got {self.arch!r}")
+        if self.code not in ("continuous", "discrete"):
+            raise MedxganError(f"gan.code must be continuous or discrete, got {self.code!r}")
+        if min(self.z1_dim, self.z2_dim, self.ngf, self.ndf, self.steps, self.batch_size) < 1:
+            raise MedxganError("gan dims, widths, steps and batch_size must be positive")
+        if not 0 <= self.ema < 1:
+            raise MedxganError(f"gan.ema must be in [0, 1), got {self.ema}")
+
+    @property
+    def code_dim(self) -> int:
+        return self.z2_dim if self.code == "continuous" else 2
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        return from_dict(cls, d)
+
+
+def from_dict(cls, d: dict):
+    """Build dataclass ``cls`` from a (possibly partial) dict, converting lists to tuples."""
+    if not isinstance(d, dict):
+        raise MedxganError(f"config for {cls.__name__} must be an object, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, value in d.items():
+        if key not in names:
+            raise MedxganError(f"unknown config key {cls.__name__}.{key}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value)
+        else:
+            kwargs[key] = _coerce(value, hint, f"{cls.__name__}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value, hint, name):
+    origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if hint in (int, float, str):
+            if hint is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            if hint is float and isinstance(value, str) and value.strip().lower() in ("nan", "inf", "-inf", "+inf"):
+                raise ValueError(value)
+            return hint(value)
+        if origin is tuple:
+            if isinstance(value, str):
+                value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+            args = typing.get_args(hint)
+            return tuple(_coerce(v, args[0], name) for v in value)
+    except (TypeError, ValueError):
+        raise MedxganError(f"config {name}: cannot use {value!r} as {getattr(hint, '__name__', hint)}") from None
+    return value
+
+
+def apply_overrides(config, overrides: list[str]):
+    """Apply ``section.key=value`` strings to a frozen (nested) dataclass, returning a new one."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise MedxganError(f"--set expects section.key=value, got {item!r}")
+        path, value = item.split("=", 1)
+        config = _replace_path(config, path.strip().split("."), value.strip(), path)
+    return config
+
+
+def _replace_path(obj, keys, value, full):
+    if not dataclasses.is_dataclass(obj) or not keys or not keys[0]:
+        raise MedxganError(f"--set: unknown config key {full!r}")
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    key = keys[0]
+    if key not in names:
+        raise MedxganError(f"--set: unknown config key {full!r} (known here: {', '.join(sorted(names))})")
+    current = getattr(obj, key)
+    if len(keys) > 1:
+        new = _replace_path(current, keys[1:], value, full)
+    else:
+        if dataclasses.is_dataclass(current):
+            raise MedxganError(f"--set: {full!r} is a section, give one of its keys")
+        new = _coerce(value, typing.get_type_hints(type(obj))[key], full)
+    return dataclasses.replace(obj, **{key: new})
+
+
+def load_config_file(path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise MedxganError(f"{path}: config file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MedxganError(f"{path}: not a valid JSON config ({e})") from None
+    return d

@@ -1,0 +1,191 @@
+"""medXGAN generator G(z1, z2) and discriminator D.
+
+z1 encodes anatomy, z2 the classifier-specific pathology code (paper Sec. 3.1):
+
+* ``code="continuous"`` (medXGAN): z2 = 0 for a negative image, z2 ~ N(0, I) for a positive one;
+* ``code="discrete"`` (the 2021 latent-traversal predecessor): z2 = one-hot(y), [1,0] / [0,1].
+
+Either way ``negative_code(z2)`` is the code of the image's negative realization and the latent
+path from negative to positive is ``negative + alpha * (z2 - negative)`` — for the continuous code
+that is the paper's G(z1, alpha * z2).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils import spectral_norm
+
+from medxgan.config import GANConfig
+from medxgan.errors import MedxganError
+
+
+def _start_side(size: int) -> tuple[int, int]:
+    """Side of the first feature map and number of 2x upsamplings to reach ``size``."""
+    for n_up in range(8, -1, -1):
+        start = size / 2**n_up
+        if start == int(start) and 4 <= start <= 7:
+            return int(start), n_up
+    raise MedxganError(f"image size {size} is not supported by the generator (use 28, 32, 64, 128, ...)")
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: GANConfig, size: int, channels: int):
+        super().__init__()
+        self.code = cfg.code
+        self.z1_dim = cfg.z1_dim
+        self.code_dim = cfg.code_dim
+        self.size = size
+        self.channels = channels
+        self.body = _build_generator_body(cfg, size, channels, cfg.z1_dim + cfg.code_dim)
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        """[B,z1_dim], [B,code_dim] -> [B,C,H,W] in [-1,1]."""
+        return self.body(torch.cat([z1, z2], dim=1))
+
+    # --- the latent sampling scheme -------------------------------------------------------
+    def sample_z1(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        return torch.randn(n, self.z1_dim, generator=generator, device=device)
+
+    def sample_code(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Class code for binary ``labels`` [B]: continuous -> 0 or N(0,I); discrete -> one-hot."""
+        labels = labels.long()
+        if self.code == "continuous":
+            noise = torch.randn(labels.shape[0], self.code_dim, generator=generator, device=labels.device)
+            return noise * labels[:, None].to(noise.dtype)
+        return F.one_hot(labels, 2).float()
+
+    def negative_code(self, z2: torch.Tensor) -> torch.Tensor:
+        """Code of the negative realization of an image with code ``z2``."""
+        if self.code == "continuous":
+            return torch.zeros_like(z2)
+        neg = torch.zeros_like(z2)
+        neg[:, 0] = 1
+        return neg
+
+    def path_code(self, z2: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+        """Point ``alpha`` in [0,1] on the straight latent path negative -> z2 (alpha [B] or scalar)."""
+        neg = self.negative_code(z2)
+        alpha = torch.as_tensor(alpha, dtype=z2.dtype, device=z2.device)
+        if alpha.ndim == 1:
+            alpha = alpha[:, None]
+        return neg + alpha * (z2 - neg)
+
+
+def _build_generator_body(cfg: GANConfig, size: int, channels: int, in_dim: int) -> nn.Module:
+    if cfg.arch == "paper":
+        return PaperGeneratorBody(in_dim, channels, size)
+    return UpsampleGeneratorBody(in_dim, channels, size, cfg.ngf)
+
+
+class UpsampleGeneratorBody(nn.Module):
+    """Linear -> start x start map, then (nearest 2x upsample, 3x3 conv, BN, ReLU) blocks, 3x3 conv, tanh.
+
+    Upsample+conv instead of transposed convs avoids checkerboard artefacts, which a classifier
+    in the loop otherwise learns to exploit (see the unrealistic-generator example)."""
+
+    def __init__(self, in_dim, channels, size, ngf):
+        super().__init__()
+        start, n_up = _start_side(size)
+        widths = [min(ngf * 2 ** (n_up - i), ngf * 8) for i in range(n_up + 1)]
+        self.start, self.c0 = start, widths[0]
+        self.fc = nn.Linear(in_dim, widths[0] * start * start, bias=False)
+        self.bn0 = nn.BatchNorm2d(widths[0])
+        blocks = []
+        for i in range(n_up):
+            blocks += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(widths[i], widths[i + 1], 3, padding=1, bias=False),
+                nn.BatchNorm2d(widths[i + 1]),
+                nn.ReLU(inplace=True),
+            ]
+        self.blocks = nn.Sequential(*blocks)
+        self.out = nn.Conv2d(widths[-1], channels, 3, padding=1)
+
+    def forward(self, z):
+        h = self.fc(z).view(z.shape[0], self.c0, self.start, self.start)
+        h = F.relu(self.bn0(h))
+        return torch.tanh(self.out(self.blocks(h)))
+
+
+class PaperGeneratorBody(nn.Module):
+    """The official medXGAN repository's 64x64 generator layout: Linear(z -> 768), then
+    ConvTranspose2d 768 -> 384 -> 256 -> 192 -> C (kernels 5, 5, 5, 8; stride 2), BN + ReLU, tanh.
+    With z1 = 1000, z2 = 100 the linear layer is the paper's Linear(1100 -> 768)."""
+
+    def __init__(self, in_dim, channels, size):
+        super().__init__()
+        if size != 64:
+            raise MedxganError(f"gan.arch=paper exists for 64x64 images only, got {size}")
+        self.fc = nn.Linear(in_dim, 768)
+        layers = []
+        for cin, cout in ((768, 384), (384, 256), (256, 192)):
+            layers += [nn.ConvTranspose2d(cin, cout, 5, 2, 0, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        layers += [nn.ConvTranspose2d(192, channels, 8, 2, 0)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return torch.tanh(self.net(self.fc(z).view(z.shape[0], 768, 1, 1)))
+
+
+class Discriminator(nn.Module):
+    """Unconditional D (as in Eq. 4). ``medxgan``: strided 4x4 convs with spectral norm and
+    LeakyReLU, no BatchNorm; ``paper``: the official repository's AC-GAN-style D."""
+
+    def __init__(self, cfg: GANConfig, size: int, channels: int):
+        super().__init__()
+        sn = spectral_norm if cfg.spectral_norm else (lambda m: m)
+        if cfg.arch == "paper":
+            if size != 64:
+                raise MedxganError(f"gan.arch=paper exists for 64x64 images only, got {size}")
+            spec = [(channels, 16, 2, False), (16, 32, 1, True), (32, 64, 2, True), (64, 128, 1, True),
+                    (128, 256, 2, True), (256, 512, 1, True)]
+            layers = []
+            for cin, cout, stride, bn in spec:
+                layers.append(sn(nn.Conv2d(cin, cout, 3, stride, 1, bias=False)))
+                if bn:
+                    layers.append(nn.BatchNorm2d(cout))
+                layers += [nn.LeakyReLU(0.2, inplace=True), nn.Dropout(0.5)]
+            self.features = nn.Sequential(*layers)
+            self.head = nn.Sequential(nn.Flatten(), sn(nn.Linear(512 * (size // 8) ** 2, 1)))
+            return
+        n_down = max(1, int(math.log2(size)) - 2)  # down to a 3..4 px map
+        layers, cin = [], channels
+        side = size
+        for i in range(n_down):
+            cout = min(cfg.ndf * 2**i, cfg.ndf * 8)
+            layers += [sn(nn.Conv2d(cin, cout, 4, 2, 1)), nn.LeakyReLU(0.2, inplace=True)]
+            cin, side = cout, side // 2
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Flatten(), sn(nn.Linear(cin * side * side, 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B,C,H,W] -> [B] realness logits
+        return self.head(self.features(x)).squeeze(1)
+
+
+def build_generator(cfg: GANConfig, size: int, channels: int) -> Generator:
+    return Generator(cfg, size, channels)
+
+
+def build_discriminator(cfg: GANConfig, size: int, channels: int) -> Discriminator:
+    return Discriminator(cfg, size, channels)
+
+
+class EMA:
+    """Exponential moving average of G's parameters (buffers, e.g. BN statistics, are copied)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float | None = None):
+        d = self.decay if decay is None else decay
+        for p_ema, p in zip(self.model.parameters(), model.parameters()):
+            p_ema.lerp_(p.detach(), 1 - d)
+        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+            b_ema.copy_(b)

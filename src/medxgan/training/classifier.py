@@ -1,0 +1,92 @@
+"""Classifier training (stage 1 of medXGAN: C is trained, then frozen)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
+
+from medxgan.augment import classifier_augment
+from medxgan.config import ClassifierConfig
+from medxgan.errors import MedxganError
+from medxgan.models.classifier import BinaryClassifier, build_classifier
+
+
+@torch.no_grad()
+def predict_proba(classifier: BinaryClassifier, images: torch.Tensor, batch_size: int = 256, device=None) -> torch.Tensor:
+    """P(positive) [N] for images [N,C,H,W] in [-1,1], in eval mode, batched."""
+    device = device or next(classifier.parameters()).device
+    was_training = classifier.training
+    classifier.eval()
+    out = [classifier.positive_prob(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+    classifier.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def binary_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Accuracy at 0.5 and ROC AUC (scikit-learn); AUC is NaN when only one class is present."""
+    probs, labels = probs.numpy(), labels.numpy()
+    acc = float(((probs >= 0.5).astype(int) == labels).mean()) if len(labels) else float("nan")
+    auc = float(roc_auc_score(labels, probs)) if len(np.unique(labels)) == 2 else float("nan")
+    return {"accuracy": acc, "auc": auc, "n": int(len(labels))}
+
+
+def train_classifier(cfg: ClassifierConfig, train_images, train_labels, val_images=None, val_labels=None,
+                     device="cpu", progress: bool = True, classifier: BinaryClassifier | None = None):
+    """Train a binary classifier with Adam + cosine schedule, keeping the weights of the epoch with
+    the best validation AUC (then accuracy). Returns (classifier in eval mode, history list).
+
+    Args:
+        train_images: [N,C,H,W] in [-1,1]; train_labels: [N] in {0,1}.
+        classifier: bring your own (already wrapped); default builds ``cfg.arch``.
+    """
+    labels = train_labels.long()
+    if len(torch.unique(labels)) < 2:
+        raise MedxganError("the training split holds only one class: a binary classifier needs both")
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    _, c, h, _ = train_images.shape
+    model = classifier if classifier is not None else build_classifier(cfg, h, c)
+    model = model.to(device).train().requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(labels) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
+    # Balance classes by weighting the loss (PneumoniaMNIST is 1:3).
+    pos_frac = labels.float().mean().item()
+    weights = torch.tensor([0.5 / (1 - pos_frac), 0.5 / pos_frac])
+    history, best, best_key = [], None, None
+    bar = tqdm(range(cfg.epochs), desc="classifier", disable=not progress, unit="epoch")
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(len(labels), generator=gen)
+        total, seen = 0.0, 0
+        for i in range(steps_per_epoch):
+            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            x, y = train_images[idx], labels[idx]
+            if cfg.augment:
+                x = classifier_augment(x, gen)
+            x, y = x.to(device), y.to(device)
+            logit = model.positive_logit(x)
+            loss = (F.binary_cross_entropy_with_logits(logit, y.float(), reduction="none") * weights.to(device)[y]).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+        record = {"epoch": epoch + 1, "train_loss": total / seen}
+        if val_images is not None and len(val_images):
+            m = binary_metrics(predict_proba(model, val_images, device=device), val_labels.long())
+            record.update(val_accuracy=m["accuracy"], val_auc=m["auc"])
+            key = (np.nan_to_num(m["auc"]), m["accuracy"])
+            if best_key is None or key > best_key:
+                best_key, best = key, copy.deepcopy(model.state_dict())
+        history.append(record)
+        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
+    if best is not None:
+        model.load_state_dict(best)
+    return model.eval(), history
