@@ -85,29 +85,24 @@ def load_splits(data: str, dcfg, out: Path | None = None, split_file: Path | Non
     if not path.exists():
         raise MedxganError(f"{path}: data not found")
     if path.is_file() and path.suffix == ".npz":
-        splits = {s: D.load_medmnist(path, s, size=dcfg.size, channels=dcfg.channels) for s in ("train", "val", "test")}
-        record = {s: splits[s].names for s in splits}
+        # MedMNIST files carry their own train/val/test splits.
+        splits = {s: D.load_medmnist(path, s, size=dcfg.size, channels=dcfg.channels, resize=dcfg.resize)
+                  for s in ("train", "val", "test")}
+        if out is not None:
+            _write_json(out / "split.json", {"format": "medxgan-split", "source": "npz", "names": {s: splits[s].names for s in splits}})
+        return splits
+    full = D.load_folder(path, size=dcfg.size, channels=dcfg.channels, positive=dcfg.positive, negative=dcfg.negative,
+                         resize=dcfg.resize, progress=progress, **kw)
+    if split_file is not None:
+        idx = D.load_split(split_file, names=full)
     else:
-        full = D.load_folder(path, size=dcfg.size, channels=dcfg.channels, positive=dcfg.positive, negative=dcfg.negative,
-                             resize=dcfg.resize, progress=progress, **kw)
-        if split_file is not None:
-            record = D.load_split(split_file)
-            index = {n: i for i, n in enumerate(full.names)}
-            missing = [n for s in record.values() for n in s if n not in index]
-            if missing:
-                raise MedxganError(f"{path}: {len(missing)} images of the model's split are missing here (e.g. {missing[0]}); use the data the classifier was trained on")
-            splits = {s: full.subset(sorted(index[n] for n in names)) for s, names in record.items()}
-        else:
-            idx = D.stratified_split(full.labels.numpy(), dcfg.split_fractions, dcfg.split_seed)
-            splits = {s: full.subset(idx[s]) for s in ("train", "val", "test")}
-            record = {s: splits[s].names for s in splits}
+        idx = D.stratified_split(full.labels.numpy(), dcfg.split_fractions, dcfg.split_seed)
+    splits = {s: full.subset(idx[s]) for s in ("train", "val", "test")}
     for s, part in splits.items():
         if len(part) == 0:
             raise MedxganError(f"{path}: the {s} split is empty; add images")
     if out is not None:
-        from medxgan.data import save_split
-
-        save_split(record, out / "split.json")
+        D.save_split(idx, out / "split.json", names=full)
     return splits
 
 
@@ -214,7 +209,8 @@ def cmd_train(args) -> int:
     out = _prepare_out(out, resume=args.resume, marker=None)
     if not args.resume and (out / ckpt.TRAIN_STATE_FILE).exists():
         raise MedxganError(f"{out}: already holds a training run; pass --resume to continue it or choose another --out")
-    split_file = cpath.parent / "split.json" if (cpath.parent / "split.json").exists() else None
+    split_file = cpath.parent / "split.json"
+    split_file = split_file if split_file.exists() and not str(args.data).endswith(".npz") else None
     splits = load_splits(args.data, cfg.data, out, split_file=split_file, progress=not args.no_progress, **_mask_kwargs(args))
     _write_json(out / "config.json", cfg.to_dict())
     if not args.resume or not (out / ckpt.CLASSIFIER_FILE).exists():

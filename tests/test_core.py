@@ -1,0 +1,181 @@
+"""Configs, models, checkpoints and the Eq. 4 training step on tiny models."""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+from medxgan import checkpoint as ckpt
+from medxgan.config import ClassifierConfig, GANConfig, RunConfig, apply_overrides
+from medxgan.errors import MedxganError
+from medxgan.evaluate.fidelity import generated_accuracy
+from medxgan.models.classifier import BinaryClassifier, build_classifier, last_conv_layer
+from medxgan.models.gan import build_discriminator, build_generator
+from medxgan.training.gan import init_state, lambda_at, train_gan, train_step
+
+TINY_GAN = GANConfig(z1_dim=8, z2_dim=4, ngf=8, ndf=8, batch_size=8, steps=4, lam_warmup=0, ema_start=0)
+
+
+def test_overrides_are_typed_and_checked():
+    cfg = apply_overrides(RunConfig(), ["gan.lr_g=1e-4", "gan.diff_augment=false", "data.split_fractions=0.8,0.1,0.1"])
+    assert cfg.gan.lr_g == 1e-4 and cfg.gan.diff_augment is False
+    assert cfg.data.split_fractions == (0.8, 0.1, 0.1)
+    for bad in ["gan.nope=1", "gan.steps=abc", "gan=1", "gan.code=stripes", "nokey"]:
+        with pytest.raises(MedxganError):
+            apply_overrides(RunConfig(), [bad])
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize("n_logits", [1, 2])
+def test_binary_classifier_heads_agree_on_probability(n_logits):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, n_logits))
+    clf = BinaryClassifier(net, n_logits)
+    x = torch.randn(5, 1, 4, 4)
+    raw = net(x)
+    expected = torch.sigmoid(raw[:, 0]) if n_logits == 1 else torch.softmax(raw, 1)[:, 1]
+    assert torch.allclose(clf.positive_prob(x), expected, atol=1e-6)
+    assert torch.allclose(torch.softmax(clf(x), 1)[:, 1], expected, atol=1e-6)
+    assert clf(x).shape == (5, 2)
+
+
+@pytest.mark.parametrize("arch,size", [("vgg_compact", 32), ("paper_mri_cnn", 64), ("vgg16", 32)])
+def test_classifier_architectures(arch, size):
+    clf = build_classifier(ClassifierConfig(arch=arch, width=8), size, 3)
+    assert clf(torch.zeros(2, 3, size, size)).shape == (2, 2)
+    assert isinstance(last_conv_layer(clf), nn.Conv2d)
+
+
+@pytest.mark.parametrize("size", [28, 32, 64, 128])
+@pytest.mark.parametrize("code", ["continuous", "discrete"])
+def test_generator_and_discriminator_shapes(size, code):
+    cfg = GANConfig(z1_dim=8, z2_dim=4, ngf=4, ndf=4, code=code)
+    G, D = build_generator(cfg, size, 1), build_discriminator(cfg, size, 1)
+    y = torch.tensor([0, 1, 1])
+    z2 = G.sample_code(y)
+    x = G(G.sample_z1(3), z2)
+    assert x.shape == (3, 1, size, size) and x.abs().max() <= 1
+    assert D(x).shape == (3,)
+    # the negative code and the ends of the latent path
+    assert torch.equal(G.path_code(z2, 0.0), G.negative_code(z2))
+    assert torch.allclose(G.path_code(z2, 1.0), z2)
+    if code == "continuous":
+        assert torch.all(z2[0] == 0) and torch.all(z2[1:] != 0)
+    else:
+        assert z2.tolist() == [[1, 0], [0, 1], [0, 1]]
+
+
+def test_paper_architecture_is_the_official_layout():
+    cfg = GANConfig(arch="paper", z1_dim=1000, z2_dim=100)
+    G = build_generator(cfg, 64, 3)
+    assert G.body.fc.in_features == 1100 and G.body.fc.out_features == 768
+    convs = [m for m in G.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(768, 384), (384, 256), (256, 192), (192, 3)]
+    assert G(torch.zeros(2, 1000), torch.zeros(2, 100)).shape == (2, 3, 64, 64)
+    with pytest.raises(MedxganError):
+        build_generator(cfg, 32, 1)
+
+
+def test_checkpoint_round_trip_is_bit_exact(tmp_path):
+    torch.manual_seed(0)
+    ccfg = ClassifierConfig(width=8, depth=2)
+    clf = build_classifier(ccfg, 16, 1)
+    clf(torch.randn(4, 1, 16, 16))  # move BN statistics
+    ckpt.save_classifier(tmp_path / "c.safetensors", clf, ccfg, 16, 1)
+    back, meta = ckpt.load_classifier(tmp_path / "c.safetensors")
+    assert meta["size"] == 16 and meta["kind"] == "classifier"
+    for (k, a), (k2, b) in zip(clf.state_dict().items(), back.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    G = build_generator(TINY_GAN, 16, 1)
+    ckpt.save_generator(tmp_path / "g.safetensors", G, TINY_GAN, 16, 1)
+    G2, gmeta = ckpt.load_generator(tmp_path / "g.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), G2.state_dict().values()))
+    z1, z2 = torch.randn(2, 8), torch.randn(2, 4)
+    assert torch.equal(G.eval()(z1, z2), G2(z1, z2))
+
+
+def test_bad_model_files_are_refused(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00not a model")
+    with pytest.raises(MedxganError, match="not a medxgan model file"):
+        ckpt.load_classifier(junk)
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, plain)
+    with pytest.raises(MedxganError, match="no medxgan metadata"):
+        ckpt.load_classifier(plain)
+    newer = tmp_path / "newer.safetensors"
+    save_file({"w": torch.zeros(2)}, newer, metadata={"format": "medxgan", "format_version": "99", "kind": "generator"})
+    with pytest.raises(MedxganError, match="newer medxgan"):
+        ckpt.load_generator(newer)
+    # weights whose shapes disagree with the config
+    ccfg = ClassifierConfig(width=8, depth=2)
+    clf = build_classifier(ccfg, 16, 1)
+    ckpt.save_classifier(tmp_path / "c.safetensors", clf, ClassifierConfig(width=4, depth=2), 16, 1)
+    with pytest.raises(MedxganError, match="config says"):
+        ckpt.load_classifier(tmp_path / "c.safetensors")
+    with pytest.raises(MedxganError, match="not a classifier"):
+        ckpt.save_generator(tmp_path / "g.safetensors", build_generator(TINY_GAN, 16, 1), TINY_GAN, 16, 1)
+        ckpt.load_classifier(tmp_path / "g.safetensors")
+
+
+def test_malicious_pickle_is_never_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "weights.pt"
+    torch.save({"w": Evil()}, evil)
+    net = nn.Linear(2, 1)
+    with pytest.raises(MedxganError, match="refused"):
+        ckpt.load_foreign_weights(net, evil)
+    assert not marker.exists()
+
+
+def test_lambda_warmup():
+    cfg = GANConfig(lam=2.0, lam_warmup=100)
+    assert lambda_at(cfg, 0) == 0 and lambda_at(cfg, 50) == 1.0 and lambda_at(cfg, 500) == 2.0
+
+
+def test_training_moves_losses_the_right_way():
+    """On a fixed batch of real images, a few dozen Eq. 4 steps lower the classifier term and the
+    frozen classifier is untouched."""
+    torch.manual_seed(0)
+    clf = build_classifier(ClassifierConfig(width=4, depth=2), 16, 1).frozen()
+    # a classifier that says "bright centre = positive", so the class term has something to learn
+    with torch.no_grad():
+        for p in clf.parameters():
+            p.zero_()
+    clf.net = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 1))
+    with torch.no_grad():
+        clf.net[2].weight.fill_(8.0)
+        clf.net[2].bias.fill_(0.0)
+    clf.frozen()
+    before = [p.clone() for p in clf.parameters()]
+    cfg = GANConfig(z1_dim=8, z2_dim=4, ngf=8, ndf=8, batch_size=16, lam=2.0, lam_warmup=0, diff_augment=False, lr_g=2e-3)
+    state = init_state(cfg, 16, 1)
+    real = torch.rand(16, 1, 16, 16) * 2 - 1
+    losses = [train_step(state, real, clf, cfg)["loss_cls"] for _ in range(60)]
+    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
+    assert all(torch.equal(a, b) for a, b in zip(before, clf.parameters()))
+    acc = generated_accuracy(state.ema.model, clf, n_z1=50, n_positive=3)
+    assert acc["n"] == 200 and 0 <= acc["accuracy"] <= 1
+
+
+def test_resume_continues_to_identical_weights(tmp_path):
+    torch.manual_seed(0)
+    clf = build_classifier(ClassifierConfig(width=4, depth=2), 16, 1)
+    real = torch.rand(12, 1, 16, 16) * 2 - 1
+    cfg = GANConfig(z1_dim=8, z2_dim=4, ngf=4, ndf=4, batch_size=4, steps=6, checkpoint_every=3, sample_every=100, ema_start=1)
+    G_full, _ = train_gan(cfg, real, clf, out_dir=tmp_path / "a", progress=False)
+    import dataclasses
+
+    train_gan(dataclasses.replace(cfg, steps=3), real, clf, out_dir=tmp_path / "b", progress=False)
+    G_res, stats = train_gan(cfg, real, clf, out_dir=tmp_path / "b", resume=True, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(G_full.state_dict().values(), G_res.state_dict().values()))
+    assert [s["step"] for s in stats] == sorted({s["step"] for s in stats})
+    with pytest.raises(MedxganError, match="--resume"):
+        train_gan(cfg, real, clf, out_dir=tmp_path / "a", progress=False)
