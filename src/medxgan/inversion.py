@@ -1,0 +1,274 @@
+"""Latent inversion, paper Eq. 5: find (z1, z2) whose image G(z1, z2) reproduces a real image x.
+
+    argmin_{z1, z2}  MSE(G(z1, z2), x) + cls_weight * BCE(P_C(G(z1, z2)), P_C(x))
+
+The pixel term matches the anatomy, the classifier term matches what C thinks of the image, so
+that G(z1, negative_code(z2)) is a negative realization *of this image* (paper Sec. 3.1).
+
+All images of a batch and all restarts are optimised together as one batch of ``B * R`` latent
+rows. Every row has its own loss, Adam moments and step count, so the rows are independent
+problems that merely share forward passes: a row's trajectory does not depend on which other
+images or restarts are in the batch. Rows that stop improving are frozen (no longer evaluated),
+and the best restart of each image (lowest loss) is returned.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from medxgan.errors import MedxganError
+
+_ADAM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    steps: int = 1000  # hard cap on optimisation steps
+    lr: float = 0.05  # Adam learning rate
+    betas: tuple[float, float] = (0.9, 0.999)
+    restarts: int = 4  # independent starts per image; the lowest-loss one is kept
+    schedule: str = "cosine"  # cosine (decays to 0 at ``steps``) | constant
+    patience: int = 100  # freeze a row after this many steps without relative improvement; 0 = never
+    min_delta: float = 1e-4  # relative improvement of the best loss that resets the patience counter
+    cls_weight: float = 1.0  # weight of the BCE term of Eq. 5 (0 = pixels only)
+    init: str = "random"  # random: z ~ N(0, I) | zeros: restart 0 starts at the prior mean
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1 or self.restarts < 1:
+            raise MedxganError("inversion.steps and inversion.restarts must be positive")
+        if not self.lr > 0:
+            raise MedxganError(f"inversion.lr must be positive, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise MedxganError(f"inversion.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.schedule not in ("cosine", "constant"):
+            raise MedxganError(f"inversion.schedule must be cosine or constant, got {self.schedule!r}")
+        if self.init not in ("random", "zeros"):
+            raise MedxganError(f"inversion.init must be random or zeros, got {self.init!r}")
+        if self.patience < 0 or self.min_delta < 0 or self.cls_weight < 0:
+            raise MedxganError("inversion.patience, min_delta and cls_weight must be non-negative")
+
+    @classmethod
+    def paper(cls) -> "InversionConfig":
+        """The paper's protocol (Sec. 5): N(0, I) init, Adam lr 0.01, betas (0.5, 0.999),
+        a fixed 10,000 steps, one run, constant lr, no early stopping."""
+        return cls(steps=10_000, lr=0.01, betas=(0.5, 0.999), restarts=1, schedule="constant",
+                   patience=0, init="random")
+
+
+@dataclass
+class InversionResult:
+    """Per-image outcome of :func:`invert` (best restart), on the device of the input images."""
+
+    z1: torch.Tensor  # [B,z1_dim]
+    z2: torch.Tensor  # [B,code_dim]
+    reconstruction: torch.Tensor  # [B,C,H,W] in [-1,1], G(z1, z2)
+    loss: torch.Tensor  # [B] Eq. 5 at (z1, z2), BCE taken relative to its floor (see inversion_loss)
+    mse: torch.Tensor  # [B] pixel MSE in [-1,1] units
+    psnr: torch.Tensor  # [B] dB, on [0,1]-scaled images
+    ssim: torch.Tensor  # [B] scikit-image SSIM on [0,1]-scaled images
+    prob_target: torch.Tensor  # [B] P_C(positive | x)
+    prob_reconstruction: torch.Tensor  # [B] P_C(positive | G(z1, z2))
+    delta_prob: torch.Tensor  # [B] |P_C(recon) - P_C(x)|
+    steps_run: torch.Tensor  # [B] optimisation steps the kept restart ran
+    restart_loss: torch.Tensor  # [B,R] best loss of every restart
+    loss_curve: torch.Tensor  # [T,B] loss of the kept restart per step (frozen steps repeat the last)
+
+
+@contextmanager
+def frozen(*modules: nn.Module | None):
+    """Eval mode and no parameter gradients inside the block; every submodule's mode and every
+    parameter's ``requires_grad`` are restored afterwards (BatchNorm must use running statistics
+    so that rows of a batch stay independent)."""
+    saved = []
+    for module in modules:
+        if module is None:
+            continue
+        saved.append((
+            [(m, m.training) for m in module.modules()],
+            [(p, p.requires_grad) for p in module.parameters()],
+        ))
+        module.eval().requires_grad_(False)
+    try:
+        yield
+    finally:
+        for modes, flags in saved:
+            for m, training in modes:
+                m.training = training
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+
+def inversion_loss(G, C, z1, z2, x, prob_target, cls_weight: float = 1.0):
+    """Per-row Eq. 5. ``x`` [N,C,H,W] in [-1,1], ``prob_target`` [N] = P_C(x) (detached).
+
+    Returns (loss [N], mse [N], reconstruction [N,C,H,W]). The BCE is between probabilities,
+    computed from C's positive log-odds for numerical stability, minus its floor H(P_C(x)) — the
+    binary entropy of the soft target — i.e. KL(P_C(x) || P_C(G(z))). The shift is a constant per
+    image, so the argmin and the gradients are those of Eq. 5, but the loss reaches 0 at a perfect
+    match, which makes the relative plateau test of early stopping meaningful.
+    """
+    recon = G(z1, z2)
+    mse = (recon - x).pow(2).flatten(1).mean(1)
+    if cls_weight == 0:
+        return mse, mse, recon
+    bce = F.binary_cross_entropy_with_logits(C.positive_logit(recon), prob_target, reduction="none")
+    p = prob_target.clamp(1e-12, 1 - 1e-12)
+    floor = -(p * p.log() + (1 - p) * (1 - p).log())
+    return mse + cls_weight * (bce - floor), mse, recon
+
+
+def _adam_rows(z, grad, m, v, t, lr, betas):
+    """One Adam step (torch.optim.Adam's update, eps outside the sqrt) on rows with their own
+    step counts ``t`` [n]. All tensors [n, D] except ``t``; updates z, m, v in place."""
+    b1, b2 = betas
+    m.mul_(b1).add_(grad, alpha=1 - b1)
+    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    t = t.to(z.dtype)[:, None]
+    bias1 = 1 - b1**t
+    bias2 = 1 - b2**t
+    z.sub_(lr / bias1 * m / (v.sqrt() / bias2.sqrt() + _ADAM_EPS))
+
+
+def _initial_latents(G, n_images: int, cfg: InversionConfig, init, device) -> torch.Tensor:
+    """[B*R, z1_dim + code_dim] starting rows, image-major (row = b * R + r).
+
+    Continuous code: z1, z2 ~ N(0, I). Discrete code: z2 is optimised as a free 2-vector that
+    starts at (0.5, 0.5), half way between the negative and positive one-hot codes.
+    ``init="zeros"`` puts restart 0 at the prior mean; a given ``init`` (e.g. from an encoder)
+    replaces restart 0. The other restarts are always random, drawn from ``cfg.seed``.
+    """
+    R = cfg.restarts
+    gen = torch.Generator().manual_seed(cfg.seed)
+    z1 = torch.randn(n_images * R, G.z1_dim, generator=gen)
+    if getattr(G, "code", "continuous") == "discrete":
+        z2 = torch.full((n_images * R, G.code_dim), 0.5)
+    else:
+        z2 = torch.randn(n_images * R, G.code_dim, generator=gen)
+    first = torch.arange(n_images) * R
+    if init is not None:
+        z1_init, z2_init = (t.detach().to("cpu", torch.float32) for t in init)
+        if z1_init.shape != (n_images, G.z1_dim) or z2_init.shape != (n_images, G.code_dim):
+            raise MedxganError(
+                f"inversion init must be z1 [{n_images},{G.z1_dim}] and z2 [{n_images},{G.code_dim}], "
+                f"got {tuple(z1_init.shape)} and {tuple(z2_init.shape)}"
+            )
+        z1[first], z2[first] = z1_init, z2_init
+    elif cfg.init == "zeros":
+        z1[first] = 0
+        if getattr(G, "code", "continuous") != "discrete":
+            z2[first] = 0
+    return torch.cat([z1, z2], dim=1).to(device)
+
+
+def image_quality(reconstruction: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mse [B] in [-1,1] units, psnr [B] dB and ssim [B] on [0,1]-scaled images) of
+    ``reconstruction`` against ``image``, both [B,C,H,W] in [-1,1]."""
+    from skimage.metrics import structural_similarity
+
+    mse = (reconstruction - image).pow(2).flatten(1).mean(1)
+    psnr = 10 * torch.log10(1.0 / (mse / 4))  # [-1,1] -> [0,1] divides the MSE by 4
+    a = ((reconstruction.detach().float().cpu() + 1) / 2).clamp(0, 1).numpy()
+    b = ((image.detach().float().cpu() + 1) / 2).clamp(0, 1).numpy()
+    ssim = []
+    for ra, rb in zip(a, b):
+        if ra.shape[0] == 1:
+            ssim.append(structural_similarity(ra[0], rb[0], data_range=1.0))
+        else:
+            ssim.append(structural_similarity(np.moveaxis(ra, 0, -1), np.moveaxis(rb, 0, -1),
+                                              data_range=1.0, channel_axis=-1))
+    return mse, psnr, torch.tensor(ssim, dtype=torch.float32, device=image.device)
+
+
+def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init=None,
+           progress: bool = False) -> InversionResult:
+    """Eq. 5: find latent codes (z1, z2) with G(z1, z2) ≈ x and P_C(G(z1, z2)) ≈ P_C(x).
+
+    Args:
+        G: a medxgan ``Generator`` (anything with ``G(z1, z2)``, ``z1_dim``, ``code_dim``, ``code``).
+        C: a ``BinaryClassifier``.
+        x: [B,C,H,W] in [-1,1], on the models' device.
+        cfg: optimiser and stopping settings (``InversionConfig.paper()`` for the paper's protocol).
+        init: optional (z1 [B,z1_dim], z2 [B,code_dim]) to start restart 0 from.
+        progress: show a tqdm bar over steps.
+
+    Returns:
+        :class:`InversionResult` of the lowest-loss restart of every image. G and C are used in
+        eval mode with frozen parameters and are left as they were found.
+    """
+    if x.ndim != 4:
+        raise MedxganError(f"invert expects images [B,C,H,W], got shape {tuple(x.shape)}")
+    device = x.device
+    n_images, R = x.shape[0], cfg.restarts
+    rows = n_images * R
+    with frozen(G, C):
+        x = x.detach().float()
+        with torch.no_grad():
+            prob_target = C.positive_prob(x)  # [B], the fixed target of the BCE term
+        x_rows = x.repeat_interleave(R, 0)
+        t_rows = prob_target.repeat_interleave(R)
+        z = _initial_latents(G, n_images, cfg, init, device)  # [B*R, z1+code]
+        d1 = G.z1_dim
+        m, v = torch.zeros_like(z), torch.zeros_like(z)
+        t = torch.zeros(rows, dtype=torch.long, device=device)  # Adam steps per row
+        best_loss = torch.full((rows,), math.inf, device=device)
+        best_z = z.clone()
+        last_loss = torch.full((rows,), math.nan, device=device)
+        stale = torch.zeros(rows, dtype=torch.long, device=device)
+        active = torch.ones(rows, dtype=torch.bool, device=device)
+        curve = []
+        steps = range(cfg.steps)
+        if progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc="invert", leave=False)
+        for step in steps:
+            idx = active.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            lr = cfg.lr if cfg.schedule == "constant" else cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+            za = z[idx].requires_grad_(True)
+            with torch.enable_grad():
+                loss, _, _ = inversion_loss(G, C, za[:, :d1], za[:, d1:], x_rows[idx], t_rows[idx], cfg.cls_weight)
+                (grad,) = torch.autograd.grad(loss.sum(), za)
+            with torch.no_grad():
+                loss = loss.detach()
+                last_loss[idx] = loss
+                # snapshot the iterate that produced the best loss (Adam with a constant lr wanders)
+                better = loss < best_loss[idx]
+                best_z[idx[better]] = za.detach()[better]
+                improved = loss < best_loss[idx] * (1 - cfg.min_delta)
+                best_loss[idx] = torch.minimum(best_loss[idx], loss)
+                stale[idx] = torch.where(improved, torch.zeros_like(stale[idx]), stale[idx] + 1)
+                t[idx] += 1
+                zi, mi, vi = z[idx], m[idx], v[idx]
+                _adam_rows(zi, grad, mi, vi, t[idx], lr, cfg.betas)
+                z[idx], m[idx], v[idx] = zi, mi, vi
+                if cfg.patience:
+                    active[idx[stale[idx] >= cfg.patience]] = False
+                curve.append(last_loss.clone())
+
+        with torch.no_grad():
+            keep = best_loss.view(n_images, R).argmin(1) + torch.arange(n_images, device=device) * R
+            z_best = best_z[keep]
+            z1, z2 = z_best[:, :d1].contiguous(), z_best[:, d1:].contiguous()
+            loss, mse, recon = inversion_loss(G, C, z1, z2, x, prob_target, cfg.cls_weight)
+            prob_recon = C.positive_prob(recon)
+    _, psnr, ssim = image_quality(recon, x)
+    loss_curve = torch.stack(curve)[:, keep] if curve else torch.zeros(0, n_images, device=device)
+    return InversionResult(
+        z1=z1, z2=z2, reconstruction=recon, loss=loss, mse=mse, psnr=psnr, ssim=ssim,
+        prob_target=prob_target, prob_reconstruction=prob_recon,
+        delta_prob=(prob_recon - prob_target).abs(), steps_run=t[keep].clone(),
+        restart_loss=best_loss.view(n_images, R).clone(), loss_curve=loss_curve,
+    )
+
+
+__all__ = ["InversionConfig", "InversionResult", "invert", "inversion_loss", "image_quality", "frozen"]

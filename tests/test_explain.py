@@ -1,0 +1,348 @@
+"""Explanations: latent methods with known answers, Captum wrappers equal to Captum, registry."""
+
+import pytest
+import torch
+import torch.nn as nn
+from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
+
+from medxgan.config import ClassifierConfig, GANConfig
+from medxgan.errors import MedxganError
+from medxgan.explain import (
+    EXPLAINERS,
+    PositiveLogit,
+    PositiveProbability,
+    completeness_error,
+    difference_maps,
+    explain_images,
+    get_explainer,
+    grad_cam,
+    integrated_gradients,
+    latent_integrated_gradients,
+    latent_interpolation,
+    list_explainers,
+    negative_realization,
+    path_codes,
+    quadrature,
+)
+from medxgan.inversion import InversionConfig
+from medxgan.models import BinaryClassifier, Generator, build_classifier, build_generator, last_conv_layer
+
+FAST_INVERSION = InversionConfig(steps=25, restarts=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# --- toy models ---------------------------------------------------------------------------
+def calibrate_batchnorm(model, *inputs):
+    """BN running statistics from one batch, so random nets give images with contrast."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        out = model(*inputs)
+    model.eval()
+    return out
+
+
+def tiny_models(size=16, channels=1, code="continuous", n_logits=1, seed=0):
+    torch.manual_seed(seed)
+    G = build_generator(GANConfig(z1_dim=8, z2_dim=4, ngf=8, code=code), size, channels)
+    C = build_classifier(ClassifierConfig(width=8, depth=2, n_logits=n_logits), size, channels)
+    gen = torch.Generator().manual_seed(seed + 1)
+    z1 = G.sample_z1(128, gen)
+    z2 = G.sample_code(torch.randint(0, 2, (128,), generator=gen), gen)
+    calibrate_batchnorm(C, calibrate_batchnorm(G, z1, z2))
+    return G, C
+
+
+def latents(G, n=2, seed=5):
+    gen = torch.Generator().manual_seed(seed)
+    return G.sample_z1(n, gen), G.sample_code(torch.ones(n, dtype=torch.long), gen)
+
+
+class ToyGenerator(Generator):
+    """A hand-made G with the Generator's latent scheme (negative_code, path_code)."""
+
+    def __init__(self, z1_dim, code_dim, side, render):
+        nn.Module.__init__(self)
+        self.code, self.z1_dim, self.code_dim, self.size, self.channels = "continuous", z1_dim, code_dim, side, 1
+        self.render = render
+
+    def forward(self, z1, z2):
+        return self.render(z1, z2)
+
+
+def affine_generator(seed=0):
+    torch.manual_seed(seed)
+    lin = nn.Linear(3 + 2, 16)
+    return ToyGenerator(3, 2, 4, lambda z1, z2: lin(torch.cat([z1, z2], 1)).view(-1, 1, 4, 4)), lin
+
+
+def curved_generator():
+    """x(alpha) = (alpha, alpha^2, 0, ...) on the path to z2 = 1: a curved image path."""
+
+    def render(z1, z2):
+        x = torch.zeros(z1.shape[0], 1, 2, 2)
+        x[:, 0, 0, 0] = z2[:, 0]
+        x[:, 0, 0, 1] = z2[:, 0] ** 2
+        x[:, 0, 1, 0] = z1[:, 0]
+        return x
+
+    return ToyGenerator(1, 1, 2, render)
+
+
+class Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+# --- latent interpolation and difference maps -----------------------------------------------
+@pytest.mark.parametrize("code", ["continuous", "discrete"])
+def test_interpolation_endpoints(code):
+    G, C = tiny_models(code=code)
+    gen = torch.Generator().manual_seed(2)
+    z1 = G.sample_z1(2, gen)
+    z2 = G.sample_code(torch.ones(2, dtype=torch.long), gen) * (0.7 if code == "discrete" else 1) + 0.1
+    alphas = torch.linspace(0, 1, 7)
+    codes = path_codes(G, z2, alphas)
+    assert torch.equal(codes[:, 0], G.negative_code(z2)) and torch.equal(codes[:, -1], z2)
+    interp = latent_interpolation(G, C, z1, z2, n_steps=7)
+    with torch.no_grad():
+        positive, negative = G(z1, z2), G(z1, G.negative_code(z2))
+    assert interp.frames.shape == (2, 7, 1, 16, 16)
+    assert torch.allclose(interp.frames[:, 0], negative, atol=1e-6)
+    assert torch.allclose(interp.frames[:, -1], positive, atol=1e-6)
+    assert torch.allclose(negative_realization(G, z1, z2), negative, atol=1e-6)
+    assert torch.equal(interp.alphas, alphas)
+    assert torch.allclose(interp.probs[:, -1], C.positive_prob(positive), atol=1e-6)
+    assert interp.monotone.dtype == torch.bool and interp.monotone.shape == (2,)
+
+
+def test_monotone_flag():
+    G, lin = affine_generator()
+    w = torch.randn(16)
+    C = BinaryClassifier(Lambda(lambda x: (x.flatten(1) @ w)[:, None]), 1)
+    z1 = torch.randn(2, 3)
+    direction = lin.weight[:, 3:] @ torch.ones(2)  # dx / dalpha for z2 = (1, 1)
+    z2 = torch.ones(2, 2) * torch.sign(w @ direction)  # along the path, f rises linearly
+    interp = latent_interpolation(G, C, z1, torch.cat([z2[:1], -z2[1:]]), n_steps=5)
+    assert interp.monotone.tolist() == [True, False]
+
+
+def test_difference_maps():
+    G, _ = tiny_models()
+    z1, z2 = latents(G)
+    maps = difference_maps(G, z1, z2, n_steps=6)
+    with torch.no_grad():
+        signed = G(z1, z2) - G(z1, torch.zeros_like(z2))
+    assert torch.allclose(maps["signed"], signed, atol=1e-6)
+    assert torch.equal(maps["absolute"], maps["signed"].abs())
+    assert (maps["accumulated"] >= maps["absolute"] - 1e-6).all()  # triangle inequality
+    Ga, _ = affine_generator()  # pixels change linearly: accumulated == absolute
+    z1, z2 = torch.randn(2, 3), torch.randn(2, 2)
+    m = difference_maps(Ga, z1, z2)
+    assert torch.allclose(m["accumulated"], m["absolute"], atol=1e-5)
+
+
+# --- Latent Integrated Gradients -----------------------------------------------------------
+@pytest.mark.parametrize("rule", ["gausslegendre", "riemann_middle"])
+def test_quadrature_integrates_polynomials(rule):
+    alphas, weights = quadrature(8, rule)
+    assert torch.isclose(weights.sum(), torch.tensor(1.0, dtype=torch.float64))
+    assert torch.isclose((weights * alphas).sum(), torch.tensor(0.5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("method", ["paper", "path"])
+def test_lig_linear_known_answer(method):
+    # affine G and linear f: Eq. 7 is exactly (x1 - x0) * w and complete
+    G, _ = affine_generator()
+    w, b = torch.randn(16), 0.3
+    C = BinaryClassifier(Lambda(lambda x: (x.flatten(1) @ w + b)[:, None]), 1)
+    z1, z2 = torch.randn(3, 3), torch.randn(3, 2)
+    attr = latent_integrated_gradients(G, C, z1, z2, n_steps=4, method=method)
+    with torch.no_grad():
+        expected = (G(z1, z2) - G(z1, torch.zeros_like(z2))) * w.view(1, 1, 4, 4)
+    assert torch.allclose(attr, expected, atol=1e-5)
+    assert completeness_error(attr, G, C, z1, z2).max() < 1e-4
+
+
+def test_lig_with_affine_generator_is_ig_from_the_negative_realization():
+    # a straight image path: Eq. 7 == Captum IG with baseline G(z1, neg), for a nonlinear C
+    G, _ = affine_generator()
+    torch.manual_seed(1)
+    C = BinaryClassifier(nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 2)), 2)
+    z1, z2 = torch.randn(2, 3), torch.randn(2, 2)
+    lig = latent_integrated_gradients(G, C, z1, z2, n_steps=16)
+    with torch.no_grad():
+        x, baseline = G(z1, z2), G(z1, torch.zeros_like(z2))
+    ig = IntegratedGradients(C.positive_logit).attribute(x, baselines=baseline, n_steps=16, method="gausslegendre")
+    assert torch.allclose(lig, ig, atol=1e-5)
+    explained = get_explainer("ig_negative", G, C, n_steps=16).attribute(x, latents=(z1, z2))
+    assert torch.allclose(explained, ig, atol=1e-6)
+
+
+def test_path_variant_is_complete_where_eq7_is_not():
+    # x(alpha) = (alpha, alpha^2), f = x_a * x_b: Δf = 1, Eq. 7 gives 1/3 + 1/2 = 5/6
+    G = curved_generator()
+    C = BinaryClassifier(Lambda(lambda x: (x[:, 0, 0, 0] * x[:, 0, 0, 1])[:, None]), 1)
+    z1, z2 = torch.zeros(1, 1), torch.ones(1, 1)
+    paper = latent_integrated_gradients(G, C, z1, z2, n_steps=32, method="paper")
+    path = latent_integrated_gradients(G, C, z1, z2, n_steps=64, method="path")
+    assert torch.allclose(paper[0, 0, 0], torch.tensor([1 / 3, 1 / 2]), atol=1e-5)
+    assert completeness_error(paper, G, C, z1, z2).item() == pytest.approx(1 / 6, abs=1e-5)
+    assert completeness_error(path, G, C, z1, z2).item() < 1e-3
+    assert torch.allclose(path[0, 0, 0], torch.tensor([1 / 3, 2 / 3]), atol=1e-3)  # ∫α²dα, ∫2α²dα
+
+
+@pytest.mark.parametrize("target", [PositiveLogit(), PositiveProbability()])
+def test_path_variant_complete_on_the_tiny_generator(target):
+    G, C = tiny_models()
+    z1, z2 = latents(G, n=2)
+    path = latent_integrated_gradients(G, C, z1, z2, n_steps=64, method="path", target=target)
+    with torch.no_grad():
+        delta = target(C(G(z1, z2))) - target(C(G(z1, torch.zeros_like(z2))))
+    err = completeness_error(path, G, C, z1, z2, target)
+    assert (err <= 0.05 * delta.abs() + 1e-5).all(), (err, delta)
+    paper = latent_integrated_gradients(G, C, z1, z2, n_steps=32, method="paper", target=target)
+    assert paper.shape == path.shape == (2, 1, 16, 16)
+    if isinstance(target, PositiveLogit):  # (probabilities barely move on this toy: both errors ~1e-4)
+        assert (err < completeness_error(paper, G, C, z1, z2, target)).all()  # Eq. 7 misses the curvature
+
+
+# --- Captum wrappers are Captum ------------------------------------------------------------
+def test_gradcam_equals_captum():
+    G, C = tiny_models()
+    with torch.no_grad():
+        x = G(*latents(G, n=3))
+    direct = LayerGradCam(C, last_conv_layer(C)).attribute(x, target=1, relu_attributions=True)
+    direct = LayerAttribution.interpolate(direct, (16, 16), interpolate_mode="bilinear")
+    assert torch.allclose(grad_cam(C, x), direct, atol=1e-6)
+    assert torch.allclose(get_explainer("gradcam", None, C).attribute(x), direct, atol=1e-6)
+    layer = C.net.features[0]
+    direct0 = LayerGradCam(C, layer).attribute(x, target=1, relu_attributions=True)
+    direct0 = LayerAttribution.interpolate(direct0, (16, 16), interpolate_mode="bilinear")
+    assert torch.allclose(get_explainer("gradcam", None, C, layer=layer).attribute(x), direct0, atol=1e-6)
+
+
+def test_gradcam_softmax_head_explains_the_log_odds():
+    G, C = tiny_models(n_logits=2)
+    with torch.no_grad():
+        x = G(*latents(G, n=2))
+    direct = LayerGradCam(C.positive_logit, last_conv_layer(C)).attribute(x, relu_attributions=True)
+    direct = LayerAttribution.interpolate(direct, (16, 16), interpolate_mode="bilinear")
+    assert torch.allclose(grad_cam(C, x), direct, atol=1e-6)
+
+
+def test_ig_equals_captum():
+    G, C = tiny_models()
+    z1, z2 = latents(G, n=2)
+    with torch.no_grad():
+        x = G(z1, z2)
+    black = torch.full_like(x, -1)
+    direct = IntegratedGradients(C).attribute(x, baselines=black, target=1, n_steps=20, method="gausslegendre")
+    assert torch.allclose(integrated_gradients(C, x, n_steps=20), direct, atol=1e-6)
+    assert torch.allclose(get_explainer("ig", None, C, n_steps=20).attribute(x), direct, atol=1e-6)
+    negative = negative_realization(G, z1, z2)
+    direct_neg = IntegratedGradients(C).attribute(x, baselines=negative, target=1, n_steps=20)
+    got = get_explainer("ig_negative", G, C, n_steps=20, internal_batch_size=8).attribute(x, latents=(z1, z2))
+    assert torch.allclose(got, direct_neg, atol=1e-6)
+    prob = IntegratedGradients(C.positive_prob).attribute(x, baselines=black, n_steps=20)
+    assert torch.allclose(integrated_gradients(C, x, n_steps=20, target=PositiveProbability()), prob, atol=1e-6)
+
+
+def test_targets_handle_both_heads():
+    logits2 = torch.tensor([[0.5, 2.0], [1.0, -1.0]])
+    assert torch.allclose(PositiveLogit()(logits2), torch.tensor([1.5, -2.0]))
+    assert torch.allclose(PositiveProbability()(logits2), torch.softmax(logits2, 1)[:, 1])
+    logits1 = torch.tensor([[0.7], [-0.2]])
+    assert torch.allclose(PositiveLogit()(logits1), torch.tensor([0.7, -0.2]))
+    assert torch.allclose(PositiveProbability()(logits1), torch.sigmoid(logits1[:, 0]))
+    for n_logits in (1, 2):
+        G, C = tiny_models(n_logits=n_logits)
+        with torch.no_grad():
+            x = G(*latents(G))
+            assert torch.allclose(PositiveLogit()(C(x)), C.positive_logit(x), atol=1e-6)
+            assert torch.allclose(PositiveProbability()(C(x)), C.positive_prob(x), atol=1e-6)
+
+
+# --- registry ------------------------------------------------------------------------------
+NAMES = ["difference", "gradcam", "ig", "ig_negative", "lig", "lig_path", "random"]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_registry_and_shapes(channels):
+    assert list_explainers() == NAMES and set(EXPLAINERS) == set(NAMES)
+    G, C = tiny_models(channels=channels)
+    z1, z2 = latents(G)
+    with torch.no_grad():
+        x = G(z1, z2)
+    for name in NAMES:
+        explainer = get_explainer(name, G, C, inversion=FAST_INVERSION)
+        out = explainer.attribute(x, latents=(z1, z2))
+        assert out.shape == x.shape, name
+        assert torch.isfinite(out).all(), name
+    # latent explainers invert the inputs themselves when no latents are given
+    assert get_explainer("difference", G, C, inversion=FAST_INVERSION).attribute(x).shape == x.shape
+
+
+def test_registry_errors_and_targets():
+    G, C = tiny_models()
+    x = torch.zeros(1, 1, 16, 16)
+    with pytest.raises(MedxganError):
+        get_explainer("shap", G, C)
+    with pytest.raises(MedxganError):
+        get_explainer("ig", G, C).attribute(x, target=0)
+    with pytest.raises(MedxganError):
+        get_explainer("lig", None, C)
+    ig = get_explainer("ig", None, C, n_steps=8)
+    assert torch.equal(ig.attribute(x, target=1), ig.attribute(x, target=None))
+    assert not torch.equal(ig.attribute(x), ig.attribute(x, target="probability"))
+
+
+def test_random_control_is_seeded():
+    x = torch.zeros(2, 1, 16, 16)
+    a = get_explainer("random", None, None, seed=3).attribute(x)
+    b = get_explainer("random", None, None, seed=3).attribute(x)
+    c = get_explainer("random", None, None, seed=4).attribute(x)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() < 1
+
+
+# --- the whole pipeline --------------------------------------------------------------------
+def test_explain_images_is_deterministic_and_complete():
+    G, C = tiny_models()
+    with torch.no_grad():
+        images = G(*latents(G, n=2)) + 0.02 * torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    methods = ("difference", "lig", "lig_path", "gradcam", "ig", "ig_negative", "random")
+    G.train()
+    run = lambda: explain_images(G, C, images, methods=methods, inversion=FAST_INVERSION, n_frames=5,
+                                 lig_steps=8, path_steps=32, ig_steps=8)
+    first, second = run(), run()
+    assert G.training  # models left as found
+    assert len(first) == 2
+    e = first[0]
+    assert e.frames.shape == (5, 1, 16, 16) and e.frame_probs.shape == (5,) and e.alphas.shape == (5,)
+    assert set(e.maps) == set(methods) and all(m.shape == (1, 16, 16) for m in e.maps.values())
+    assert set(e.completeness) == {"lig", "lig_path"}
+    assert set(e.quality) >= {"mse", "psnr", "ssim", "delta_prob"}
+    assert isinstance(e.monotone, bool) and 0 <= e.prob_negative <= 1
+    assert torch.equal(e.frames[0], e.negative) and torch.allclose(e.frames[-1], e.reconstruction, atol=1e-6)
+    assert torch.allclose(e.maps["difference"], (e.reconstruction - e.negative).abs(), atol=1e-6)
+    for t in (e.image, e.reconstruction, e.negative, e.frames, e.accumulated, e.z1, e.z2, *e.maps.values()):
+        assert t.device.type == "cpu" and t.dtype == torch.float32 and not t.requires_grad
+    for a, b in zip(first, second):
+        assert torch.equal(a.z1, b.z1) and torch.equal(a.reconstruction, b.reconstruction)
+        assert all(torch.equal(a.maps[k], b.maps[k]) for k in methods)
+        assert a.completeness == b.completeness

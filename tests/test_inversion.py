@@ -1,0 +1,185 @@
+"""Latent inversion (paper Eq. 5) on tiny seeded models."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from medxgan.config import ClassifierConfig, GANConfig
+from medxgan.errors import MedxganError
+from medxgan.inversion import InversionConfig, _adam_rows, image_quality, invert
+from medxgan.models import build_classifier, build_generator
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny models: thread hand-offs cost more than they save on a shared machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def calibrate_batchnorm(model, *inputs):
+    """Set BN running statistics from one batch so randomly initialised nets give images with
+    contrast (default stats 0/1 leave a random G nearly flat)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        out = model(*inputs)
+    model.eval()
+    return out
+
+
+def tiny_models(size=16, channels=1, code="continuous", n_logits=1, seed=0):
+    torch.manual_seed(seed)
+    G = build_generator(GANConfig(z1_dim=8, z2_dim=4, ngf=8, code=code), size, channels)
+    C = build_classifier(ClassifierConfig(width=8, depth=2, n_logits=n_logits), size, channels)
+    gen = torch.Generator().manual_seed(seed + 1)
+    z1 = G.sample_z1(128, gen)
+    z2 = G.sample_code(torch.randint(0, 2, (128,), generator=gen), gen)
+    images = calibrate_batchnorm(G, z1, z2)
+    calibrate_batchnorm(C, images)
+    return G, C
+
+
+def generated_images(G, n=3, seed=5):
+    gen = torch.Generator().manual_seed(seed)
+    z1 = G.sample_z1(n, gen)
+    z2 = G.sample_code(torch.ones(n, dtype=torch.long), gen)
+    with torch.no_grad():
+        return z1, z2, G(z1, z2)
+
+
+def test_paper_config():
+    cfg = InversionConfig.paper()
+    assert (cfg.steps, cfg.lr, cfg.betas, cfg.restarts) == (10_000, 0.01, (0.5, 0.999), 1)
+    assert (cfg.schedule, cfg.patience, cfg.init) == ("constant", 0, "random")
+    d = InversionConfig()
+    assert (d.steps, d.lr, d.betas, d.restarts, d.schedule, d.patience, d.cls_weight, d.init) == (
+        1000, 0.05, (0.9, 0.999), 4, "cosine", 100, 1.0, "random")
+
+
+@pytest.mark.parametrize("bad", [{"schedule": "step"}, {"init": "encoder"}, {"steps": 0}, {"restarts": 0},
+                                 {"lr": 0.0}, {"betas": (0.9, 1.0)}, {"patience": -1}])
+def test_config_validation(bad):
+    with pytest.raises(MedxganError):
+        InversionConfig(**bad)
+
+
+def test_recovers_a_generated_latent_and_loss_decreases():
+    G, C = tiny_models()
+    _, _, x = generated_images(G)
+    assert x.std() > 0.1  # the toy images have structure, so SSIM is not trivially high
+    res = invert(G, C, x, InversionConfig(steps=300, restarts=2, patience=50))
+    assert res.ssim.min() >= 0.95
+    assert res.mse.max() < 1e-3 and res.delta_prob.max() < 1e-2
+    first, last = res.loss_curve[0], res.loss_curve[-1]
+    assert (last < 0.05 * first).all()
+    assert torch.allclose(res.loss, res.restart_loss.min(1).values, atol=1e-5)
+    assert res.z1.shape == (3, 8) and res.z2.shape == (3, 4) and res.reconstruction.shape == x.shape
+    for t in (res.loss, res.mse, res.psnr, res.ssim, res.prob_target, res.prob_reconstruction, res.delta_prob, res.steps_run):
+        assert t.shape == (3,)
+    assert torch.allclose(res.prob_target, C.positive_prob(x).detach())
+
+
+def test_deterministic_from_seed():
+    G, C = tiny_models()
+    _, _, x = generated_images(G, n=2)
+    cfg = InversionConfig(steps=20, restarts=2)
+    a, b = invert(G, C, x, cfg), invert(G, C, x, cfg)
+    assert torch.equal(a.z1, b.z1) and torch.equal(a.z2, b.z2) and torch.equal(a.reconstruction, b.reconstruction)
+    c = invert(G, C, x, InversionConfig(steps=20, restarts=2, seed=1))
+    assert not torch.equal(a.z1, c.z1)
+
+
+def test_rows_are_independent_of_the_batch():
+    # per-row losses and Adam moments: an image's result does not depend on its batch mates
+    G, C = tiny_models()
+    _, _, x = generated_images(G, n=3)
+    start = (torch.randn(3, 8), torch.randn(3, 4))  # same start for image 0 in both runs
+    cfg = InversionConfig(steps=15, restarts=1)
+    together = invert(G, C, x, cfg, init=start)
+    alone = invert(G, C, x[:1], cfg, init=(start[0][:1], start[1][:1]))
+    assert torch.allclose(together.z1[:1], alone.z1, atol=1e-4)
+    assert torch.allclose(together.z2[:1], alone.z2, atol=1e-4)
+
+
+def test_early_stopping_freezes_rows():
+    G, C = tiny_models()
+    _, _, x = generated_images(G, n=2)
+    res = invert(G, C, x, InversionConfig(steps=200, restarts=2, patience=3, min_delta=0.5))
+    assert (res.steps_run < 200).all()
+    assert res.loss_curve.shape[0] < 200
+    no_stop = invert(G, C, x, InversionConfig(steps=30, restarts=1, patience=0, min_delta=0.5))
+    assert (no_stop.steps_run == 30).all()
+
+
+def test_init_starts_restart_zero_there():
+    G, C = tiny_models()
+    z1, z2, x = generated_images(G, n=2)
+    res = invert(G, C, x, InversionConfig(steps=1, restarts=3), init=(z1, z2))
+    assert torch.equal(res.z1, z1) and torch.equal(res.z2, z2)
+    assert res.loss.max() < 1e-6
+    with pytest.raises(MedxganError):
+        invert(G, C, x, InversionConfig(steps=1), init=(z1[:1], z2[:1]))
+
+
+def test_models_are_restored():
+    G, C = tiny_models()
+    _, _, x = generated_images(G, n=1)
+    G.train()
+    C.requires_grad_(True)
+    C.net.head[-1].requires_grad_(False)
+    stats = G.body.bn0.running_mean.clone()
+    invert(G, C, x, InversionConfig(steps=3, restarts=1))
+    assert G.training and all(m.training for m in G.modules())
+    assert not C.training
+    assert all(p.requires_grad for p in G.parameters())
+    assert not any(p.requires_grad for p in C.net.head[-1].parameters())
+    assert all(p.requires_grad for p in C.net.features.parameters())
+    assert torch.equal(G.body.bn0.running_mean, stats)  # eval inside: BN statistics untouched
+
+
+def test_discrete_code_optimises_a_free_two_vector():
+    G, C = tiny_models(code="discrete")
+    gen = torch.Generator().manual_seed(3)
+    z1 = G.sample_z1(2, gen)
+    with torch.no_grad():
+        x = G(z1, G.sample_code(torch.tensor([0, 1]), gen))
+    res = invert(G, C, x, InversionConfig(steps=150, restarts=2, patience=50))
+    assert res.z2.shape == (2, 2)
+    assert (res.loss_curve[-1] < res.loss_curve[0]).all()
+
+
+def test_row_adam_matches_torch_adam():
+    torch.manual_seed(0)
+    target = torch.randn(4, 6)
+    p = torch.randn(4, 6, requires_grad=True)
+    opt = torch.optim.Adam([p], lr=0.1, betas=(0.5, 0.999))
+    z = p.detach().clone()
+    m, v = torch.zeros_like(z), torch.zeros_like(z)
+    t = torch.zeros(4, dtype=torch.long)
+    for _ in range(5):
+        opt.zero_grad()
+        ((p - target) ** 3).abs().sum().backward()
+        opt.step()
+        grad = 3 * (z - target).abs() * (z - target)
+        t += 1
+        _adam_rows(z, grad, m, v, t, 0.1, (0.5, 0.999))
+    assert torch.allclose(z, p.detach(), atol=1e-5)
+
+
+def test_image_quality_known_values():
+    x = torch.linspace(-1, 1, 2 * 16 * 16).view(2, 1, 16, 16)
+    mse, psnr, ssim = image_quality(x, x)
+    assert torch.equal(mse, torch.zeros(2)) and torch.isinf(psnr).all() and torch.allclose(ssim, torch.ones(2))
+    mse, psnr, _ = image_quality(x + 0.2, x)  # 0.2 in [-1,1] = 0.1 in [0,1]
+    assert torch.allclose(mse, torch.full((2,), 0.04), atol=1e-6)
+    assert torch.allclose(psnr, torch.full((2,), 20.0), atol=1e-3)
+    rgb = torch.rand(2, 3, 16, 16) * 2 - 1
+    _, _, ssim = image_quality(rgb, rgb)
+    assert torch.allclose(ssim, torch.ones(2))
+    assert (image_quality(-rgb, rgb)[2] < 0.5).all()
