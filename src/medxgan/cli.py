@@ -233,6 +233,123 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _collect_images(inputs: list[str]) -> list[Path]:
+    from medxgan.data import IMAGE_EXTENSIONS
+
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS and "masks" not in q.parts)
+            if not found:
+                raise MedxganError(f"{p}: no images in this folder")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise MedxganError(f"{p}: no such image or folder")
+    return files
+
+
+def _explain_inputs(args, dcfg, progress):
+    """(images [N,C,H,W], names, masks [N,1,H,W] or None) from --data's test split or from files."""
+    import torch
+
+    from medxgan import data as D
+
+    if args.data:
+        split_file = Path(args.model) / "split.json"
+        splits = load_splits(args.data, dcfg, split_file=split_file if split_file.exists() and not args.data.endswith(".npz") else None,
+                             progress=progress, **_mask_kwargs(args))
+        part = splits[args.split]
+        idx = torch.nonzero(part.labels == 1).flatten() if not args.all_classes else torch.arange(len(part))
+        if args.n is not None:
+            idx = idx[: args.n]
+        if len(idx) == 0:
+            raise MedxganError(f"{args.data}: no positive images in the {args.split} split to explain")
+        sub = part.subset(idx.numpy())
+        masks = sub.masks if sub.masks is not None else None
+        return sub.images, sub.names, masks
+    if not args.inputs:
+        raise MedxganError("give images or folders to explain, or --data DIR to explain its held-out test positives")
+    files = _collect_images(args.inputs)
+    if args.n is not None:
+        files = files[: args.n]
+    images, names, keep = [], [], []
+    for f in files:
+        try:
+            images.append(D.load_image(f, dcfg.size, dcfg.channels, dcfg.resize))
+            names.append(str(f))
+        except MedxganError:
+            if not args.skip_bad:
+                raise
+            print(f"medxgan: skipped unreadable image {f}", file=sys.stderr)
+    if not images:
+        raise MedxganError("no readable image to explain")
+    masks = None
+    if args.masks:
+        index = D._mask_index(Path(args.masks))
+        masks = torch.zeros(len(images), 1, dcfg.size, dcfg.size, dtype=torch.bool)
+        for i, n in enumerate(names):
+            if Path(n).stem in index:
+                masks[i] = D.load_mask(index[Path(n).stem], dcfg.size, dcfg.resize)
+    return torch.stack(images), names, masks
+
+
+def cmd_explain(args) -> int:
+    import torch
+
+    from medxgan import checkpoint as ckpt
+    from medxgan.config import DataConfig, from_dict
+    from medxgan.device import resolve_device
+    from medxgan.explain import explain_images, list_explainers
+    from medxgan.inversion import InversionConfig
+    from medxgan.report import write_explanations
+
+    if args.list_methods:
+        print("\n".join(list_explainers()))
+        return 0
+    if not args.model or not args.out:
+        raise MedxganError("explain needs --model RUN and --out DIR")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in list_explainers()]
+    if unknown:
+        raise MedxganError(f"--methods: unknown method(s) {', '.join(unknown)}; known: {', '.join(list_explainers())}")
+    G, C, gmeta = ckpt.load_medxgan(args.model)
+    config = _read_json(Path(args.model) / "config.json", "run config")
+    dcfg = from_dict(DataConfig, config.get("data", {}))
+    progress = not args.no_progress
+    images, names, masks = _explain_inputs(args, dcfg, progress)
+    if images.shape[1:] != (gmeta["channels"], gmeta["size"], gmeta["size"]):
+        raise MedxganError(f"images are {tuple(images.shape[1:])}, the model expects {(gmeta['channels'], gmeta['size'], gmeta['size'])}")
+    if not torch.isfinite(images).all():
+        raise MedxganError("input images contain NaN or Inf")
+    out = _prepare_out(Path(args.out))
+    device = resolve_device(args.device)
+    G, C = G.to(device), C.to(device)
+    inversion = InversionConfig.paper() if args.paper_inversion else InversionConfig(steps=args.steps, restarts=args.restarts, seed=args.seed)
+    explanations = []
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, len(images), args.batch_size), desc="explain", unit="batch", disable=not progress):
+        sl = slice(start, start + args.batch_size)
+        explanations += explain_images(G, C, images[sl], methods=methods, inversion=inversion, n_frames=args.frames,
+                                       lig_steps=args.lig_steps, target=args.target, names=names[sl],
+                                       masks=masks[sl] if masks is not None else None)
+    info = {"model": str(args.model), "classifier": gmeta.get("classifier_arch", "see classifier.safetensors"),
+            "gan code": gmeta["gan"]["code"], "image size": f"{gmeta['channels']}x{gmeta['size']}x{gmeta['size']}",
+            "inversion": "paper protocol (Adam, 10,000 steps)" if args.paper_inversion else f"{inversion.steps} steps x {inversion.restarts} restarts",
+            "target": args.target}
+    report = write_explanations(explanations, out, title=args.title, model_info=info)
+    ssim = sum(e.quality["ssim"] for e in explanations) / len(explanations)
+    mono = sum(e.monotone for e in explanations)
+    neg = sum(e.prob_negative < 0.1 for e in explanations)
+    print(f"explained {len(explanations)} images: mean reconstruction SSIM {ssim:.3f}, "
+          f"negative realization P<0.1 for {neg}/{len(explanations)}, monotone interpolation {mono}/{len(explanations)}")
+    print(f"report: {report}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from medxgan.checkpoint import read_metadata
 
@@ -264,6 +381,10 @@ def cmd_demo(args) -> int:
          + [a for s in c_over for a in ("--set", s)]),
         ("medXGAN", ["train", "--data", str(out / "phantoms"), "--classifier", str(out / "classifier"), "--out", str(out / "medxgan")]
          + common + [a for s in g_over for a in ("--set", s)] + (["--eval-z1", "100"] if args.quick else [])),
+        ("explain", ["explain", "--model", str(out / "medxgan"), "--data", str(out / "phantoms"), "--n", "3" if args.quick else "8",
+                     "--out", str(out / "report"), "--title", "medXGAN demo: phantom test positives"]
+         + (["--steps", "60", "--restarts", "2", "--lig-steps", "8"] if args.quick else []) + common[:2]
+         + (["--no-progress"] if args.no_progress else [])),
     ]
     for name, argv in steps:
         if name == "phantoms" and (out / "phantoms" / "labels.csv").exists():
@@ -282,7 +403,7 @@ def cmd_demo(args) -> int:
         if rc:
             return rc
     print(f"[demo] done in {time.time() - t0:.0f}s")
-    print(f"[demo] results in {out}: classifier/metrics.json, medxgan/metrics.json, medxgan/samples.png")
+    print(f"[demo] results in {out}: classifier/metrics.json, medxgan/metrics.json, medxgan/samples.png, report/report.html")
     return 0
 
 
@@ -341,6 +462,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("explain", help="explain positive images: inversion, negative realization, interpolation, maps, report")
+    p.add_argument("inputs", nargs="*", help="images or folders of images")
+    p.add_argument("--model", help="medXGAN run directory (from `medxgan train`)")
+    p.add_argument("--out", help="report directory")
+    p.add_argument("--data", help="instead of files: a dataset whose held-out split to explain (positives)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--all-classes", action="store_true", help="with --data: explain negatives too")
+    p.add_argument("--n", type=int, help="explain at most N images")
+    p.add_argument("--methods", default="difference,lig,gradcam,ig,ig_negative", help="comma-separated; see --list-methods")
+    p.add_argument("--list-methods", action="store_true", help="list the registered explainers and exit")
+    p.add_argument("--target", default="logit", choices=("logit", "probability"), help="score explained: positive log-odds or P(positive)")
+    p.add_argument("--steps", type=int, default=600, help="inversion step cap per image")
+    p.add_argument("--restarts", type=int, default=4, help="random restarts per image (best kept)")
+    p.add_argument("--paper-inversion", action="store_true", help="the paper's protocol: Adam lr 0.01, 10,000 steps, one random start")
+    p.add_argument("--frames", type=int, default=11, help="frames of the latent interpolation")
+    p.add_argument("--lig-steps", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--title", default="medXGAN report")
+    p.add_argument("--masks", help="folder of lesion masks named like the images")
+    p.add_argument("--via", help="VGG Image Annotator JSON (with --data)")
+    p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("info", help="print the metadata of a medxgan model file")
     p.add_argument("model")

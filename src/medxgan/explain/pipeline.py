@@ -34,6 +34,8 @@ class Explanation:
     z1: torch.Tensor  # [z1_dim]
     z2: torch.Tensor  # [code_dim]
     completeness: dict[str, float] = field(default_factory=dict)  # "lig"/"lig_path" -> |sum - Δf|
+    name: str = ""  # where the image came from (file name), shown in the report
+    mask: torch.Tensor | None = None  # [1,H,W] bool ground-truth lesion, outlined on every map
 
 
 def _cpu(t: torch.Tensor) -> torch.Tensor:
@@ -43,7 +45,8 @@ def _cpu(t: torch.Tensor) -> torch.Tensor:
 def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
                    inversion: InversionConfig = InversionConfig(), n_frames: int = 11, lig_steps: int = 32,
                    target: "str | Target" = "logit", progress: bool = False, path_steps: int = 128,
-                   ig_steps: int = 32, internal_batch_size: int = 64, init=None) -> list[Explanation]:
+                   ig_steps: int = 32, internal_batch_size: int = 64, init=None,
+                   names: list[str] | None = None, masks: torch.Tensor | None = None) -> list[Explanation]:
     """Invert ``images`` once (Eq. 5), then run every method in ``methods`` on the shared latents.
 
     Args:
@@ -54,6 +57,8 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
             ``ig_steps`` Captum steps of "ig" / "ig_negative".
         target: "logit" (positive log-odds, default) or "probability", or a Target.
         init: optional (z1, z2) starting point for the inversion.
+        names, masks: optional per-image names and [B,1,H,W] bool lesion masks, carried into
+            the explanations (for the report).
 
     Returns:
         One :class:`Explanation` per image. ``completeness`` holds |sum(attr) - Δf| for "lig" and
@@ -98,6 +103,8 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
             maps={k: _cpu(v[b]) for k, v in maps.items()}, accumulated=_cpu(accumulated[b]),
             z1=_cpu(z1[b]), z2=_cpu(z2[b]),
             completeness={k: float(v[b]) for k, v in completeness.items()},
+            name=names[b] if names is not None else f"image_{b}",
+            mask=masks[b].detach().cpu().bool() if masks is not None else None,
         ))
     return out
 
