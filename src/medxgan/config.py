@@ -66,21 +66,22 @@ class GANConfig:
     code: str = "continuous"  # continuous (medXGAN: z2 = 0 / N(0,I)) | discrete (one-hot class code)
     z1_dim: int = 128  # anatomy code
     z2_dim: int = 16  # pathology code (continuous code only)
-    ngf: int = 32
-    ndf: int = 32
-    steps: int = 3000
-    batch_size: int = 64
-    lr_g: float = 2e-4
+    ngf: int = 16
+    ndf: int = 16
+    steps: int = 2000
+    batch_size: int = 32
+    lr_g: float = 5e-4  # G learns faster than D: with a BatchNorm D this got anatomy in hundreds of steps
     lr_d: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
-    lam: float = 2.0  # weight of the classifier term -log p_C(y | G(z1, y)) (Eq. 4)
-    lam_warmup: int = 500  # steps over which lambda ramps up linearly from 0: D shapes anatomy first
-    ema: float = 0.999  # EMA decay of G's weights (0 disables)
+    lam: float = 1.0  # weight of the classifier term -log p_C(y | G(z1, y)) (Eq. 4 has 1)
+    lam_start: int = 600  # steps of pure GAN training (lambda = 0): anatomy first
+    lam_warmup: int = 300  # then lambda ramps up linearly to `lam` over this many steps
+    ema: float = 0.995  # EMA decay of G's weights (0 disables)
     ema_start: int = 200  # steps before EMA starts tracking
     r1_gamma: float = 0.0  # R1 penalty on real images (0 disables)
     diff_augment: bool = True  # random translation of real and fake before D (small data)
-    spectral_norm: bool = True  # spectral norm in D
+    d_norm: str = "batch"  # normalisation in D: batch (DCGAN; fastest to anatomy here) | spectral | none
     checkpoint_every: int = 500
     sample_every: int = 250
     seed: int = 0
@@ -88,6 +89,8 @@ class GANConfig:
     def __post_init__(self):
         if self.arch not in ("medxgan", "paper"):
             raise MedxganError(f"gan.arch must be medxgan or paper, got {self.arch!r}")
+        if self.d_norm not in ("spectral", "batch", "none"):
+            raise MedxganError(f"gan.d_norm must be spectral, batch or none, got {self.d_norm!r}")
         if self.code not in ("continuous", "discrete"):
             raise MedxganError(f"gan.code must be continuous or discrete, got {self.code!r}")
         if min(self.z1_dim, self.z2_dim, self.ngf, self.ndf, self.steps, self.batch_size) < 1:

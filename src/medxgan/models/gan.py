@@ -138,7 +138,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, cfg: GANConfig, size: int, channels: int):
         super().__init__()
-        sn = spectral_norm if cfg.spectral_norm else (lambda m: m)
+        sn = spectral_norm if cfg.d_norm == "spectral" else (lambda m: m)
         if cfg.arch == "paper":
             if size != 64:
                 raise MedxganError(f"gan.arch=paper exists for 64x64 images only, got {size}")
@@ -158,7 +158,10 @@ class Discriminator(nn.Module):
         side = size
         for i in range(n_down):
             cout = min(cfg.ndf * 2**i, cfg.ndf * 8)
-            layers += [sn(nn.Conv2d(cin, cout, 4, 2, 1)), nn.LeakyReLU(0.2, inplace=True)]
+            layers.append(sn(nn.Conv2d(cin, cout, 4, 2, 1, bias=cfg.d_norm != "batch")))
+            if cfg.d_norm == "batch" and i > 0:  # DCGAN: no BN on the first layer
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
             cin, side = cout, side // 2
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Flatten(), sn(nn.Linear(cin * side * side, 1)))
@@ -176,7 +179,10 @@ def build_discriminator(cfg: GANConfig, size: int, channels: int) -> Discriminat
 
 
 class EMA:
-    """Exponential moving average of G's parameters (buffers, e.g. BN statistics, are copied)."""
+    """Exponential moving average of G's parameters *and* floating-point buffers.
+
+    BatchNorm running statistics are averaged with the same decay: copying the live statistics
+    next to averaged weights mismatches them and the EMA generator draws garbage."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
@@ -188,4 +194,7 @@ class EMA:
         for p_ema, p in zip(self.model.parameters(), model.parameters()):
             p_ema.lerp_(p.detach(), 1 - d)
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
-            b_ema.copy_(b)
+            if b.is_floating_point():
+                b_ema.lerp_(b, 1 - d)
+            else:
+                b_ema.copy_(b)

@@ -50,6 +50,10 @@ def init_state(cfg: GANConfig, size: int, channels: int, device="cpu") -> GANSta
 
 
 def lambda_at(cfg: GANConfig, step: int) -> float:
+    """Classifier-term weight: 0 for ``lam_start`` steps, then a linear ramp to ``lam``."""
+    step = step - cfg.lam_start
+    if step < 0:
+        return 0.0
     if cfg.lam_warmup <= 0:
         return cfg.lam
     return cfg.lam * min(1.0, step / cfg.lam_warmup)

@@ -1,0 +1,168 @@
+"""The CLI end to end (--quick) and its one-line errors for users' mistakes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from medxgan.cli import main
+
+
+def run_cli(*args, cwd=None):
+    """Run `python -m medxgan` as a user would; returns (rc, stdout, stderr)."""
+    proc = subprocess.run([sys.executable, "-m", "medxgan", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def assert_one_line_error(rc, err, *needles):
+    assert rc != 0
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert lines and lines[-1].startswith("medxgan: error:"), err
+    assert "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[-1], (n, lines[-1])
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    rc, so, se = run_cli("demo", "--quick", "--out", out, "--no-progress", "--device", "cpu")
+    assert rc == 0, se
+    return out, so
+
+
+def test_demo_quick_end_to_end(demo_run):
+    out, stdout = demo_run
+    for f in ["phantoms/labels.csv", "classifier/classifier.safetensors", "classifier/split.json", "classifier/metrics.json",
+              "medxgan/generator.safetensors", "medxgan/classifier.safetensors", "medxgan/stats.jsonl", "medxgan/samples.png",
+              "medxgan/metrics.json", "medxgan/config.json", "report/report.html", "report/summary.json"]:
+        assert (out / f).is_file(), f
+    metrics = json.loads((out / "medxgan/metrics.json").read_text())
+    m = metrics["generated"]
+    assert m["n"] == 400 and 0 <= m["accuracy"] <= 1
+    assert 0 <= metrics["realism"]["c2st_accuracy"] <= 1
+    split = json.loads((out / "classifier/split.json").read_text())
+    parts = [set(split["names"][s]) for s in ("train", "val", "test")]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    summary = json.loads((out / "report/summary.json").read_text())
+    assert len(summary["images"]) == 3
+    # the explained images are held-out test positives
+    assert all(r["name"] in split["names"]["test"] for r in summary["images"])
+    assert "report.html" in stdout
+    # a second run re-uses what is done
+    rc, so, se = run_cli("demo", "--quick", "--out", out, "--no-progress")
+    assert rc == 0 and "re-using" in so
+
+
+def test_info_and_list_methods(demo_run):
+    out, _ = demo_run
+    rc, so, _ = run_cli("info", out / "medxgan/generator.safetensors")
+    assert rc == 0 and json.loads(so)["kind"] == "generator"
+    rc, so, se = run_cli("fidelity", "--model", out / "medxgan", "--data", out / "phantoms", "--n-z1", "20", "--repeats", "2",
+                         "--no-progress", "--out", out / "fid.json")
+    assert rc == 0, se
+    fid = json.loads((out / "fid.json").read_text())
+    assert fid["generated_accuracy"]["n"] == 2 and 0 <= fid["realism.c2st_accuracy"] <= 1
+    rc, so, _ = run_cli("explain", "--list-methods")
+    assert rc == 0 and {"difference", "lig", "gradcam", "ig", "ig_negative"} <= set(so.split())
+
+
+def test_explain_files_and_resume_train(demo_run, tmp_path):
+    out, _ = demo_run
+    pos = sorted((out / "phantoms/positive").glob("*.png"))[:2]
+    rc, so, se = run_cli("explain", *pos, "--model", out / "medxgan", "--out", tmp_path / "rep", "--steps", "20",
+                         "--restarts", "1", "--lig-steps", "4", "--methods", "difference,lig,gradcam", "--no-progress")
+    assert rc == 0, se
+    assert len(json.loads((tmp_path / "rep/summary.json").read_text())["images"]) == 2
+
+
+def _folder(tmp_path, pos=2, neg=2, size=20):
+    from PIL import Image
+    import numpy as np
+
+    root = tmp_path / "data"
+    for cls, n in (("positive", pos), ("negative", neg)):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray((np.random.default_rng(i).random((size, size)) * 255).astype("uint8")).save(root / cls / f"{cls}{i}.png")
+    return root
+
+
+def test_user_errors_are_one_line(tmp_path, demo_run):
+    out, _ = demo_run
+    rc, _, err = run_cli("train-classifier", "--data", tmp_path / "missing", "--out", tmp_path / "r")
+    assert_one_line_error(rc, err, "not found")
+    root = _folder(tmp_path, pos=3, neg=0)
+    shutil.rmtree(root / "negative")
+    rc, _, err = run_cli("train-classifier", "--data", root, "--out", tmp_path / "r")
+    assert_one_line_error(rc, err, "negative")
+    root = _folder(tmp_path / "c")
+    (root / "positive" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    rc, _, err = run_cli("train-classifier", "--data", root, "--out", tmp_path / "r")
+    assert_one_line_error(rc, err, "broken.png")
+    # a file that is not a medxgan model
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "classifier.safetensors").write_bytes(b"not a model at all")
+    rc, _, err = run_cli("train", "--data", out / "phantoms", "--classifier", junk, "--out", tmp_path / "g")
+    assert_one_line_error(rc, err, "not a medxgan model file")
+    # generator model run missing
+    rc, _, err = run_cli("explain", "x.png", "--model", junk, "--out", tmp_path / "e")
+    assert_one_line_error(rc, err, "generator.safetensors")
+    # classifier size differs from the GAN's configured size
+    rc, _, err = run_cli("train", "--data", out / "phantoms", "--classifier", out / "classifier", "--out", tmp_path / "g2",
+                         "--size", "64")
+    assert_one_line_error(rc, err, "expects")
+    # a bad --set
+    rc, _, err = run_cli("train", "--data", out / "phantoms", "--classifier", out / "classifier", "--out", tmp_path / "g3",
+                         "--set", "gan.steps=many")
+    assert_one_line_error(rc, err, "gan.steps")
+    # a finished run is not overwritten
+    rc, _, err = run_cli("train", "--data", out / "phantoms", "--classifier", out / "classifier", "--out", out / "medxgan")
+    assert_one_line_error(rc, err, "--resume")
+    rc, _, err = run_cli("explain", "--model", out / "medxgan", "--out", tmp_path / "e2", tmp_path / "nothing.png")
+    assert_one_line_error(rc, err, "nothing.png")
+    rc, _, err = run_cli("explain", "--model", out / "medxgan", "--out", tmp_path / "e3", "--methods", "lig,magic", out / "phantoms")
+    assert_one_line_error(rc, err, "magic")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_out(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    rc, _, err = run_cli("phantoms", "--out", ro / "x", "--n", "4", "--size", "16")
+    assert_one_line_error(rc, err)
+
+
+def test_bring_your_own_classifier(tmp_path, demo_run):
+    """--classifier-factory with a weights file: packaged without training, loadable with no other input."""
+    out, _ = demo_run
+    mod = tmp_path / "byo_models.py"
+    mod.write_text(
+        "import torch.nn as nn\n"
+        "def tiny():\n"
+        "    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))\n"
+    )
+    import importlib
+    sys.path.insert(0, str(tmp_path))
+    net = importlib.import_module("byo_models").tiny()
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp_path / "w.safetensors")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "medxgan", "train-classifier", "--data", str(out / "phantoms"), "--out",
+                           str(tmp_path / "byo"), "--size", "32", "--classifier-factory", "byo_models:tiny", "--weights",
+                           str(tmp_path / "w.safetensors"), "--no-progress"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    from medxgan.checkpoint import load_classifier
+
+    clf, meta = load_classifier(tmp_path / "byo" / "classifier.safetensors")
+    assert meta["kind"] == "classifier_factory" and clf.n_logits == 2
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    assert torch.allclose(clf.positive_prob(x), torch.softmax(net.eval()(x), 1)[:, 1], atol=1e-6)
