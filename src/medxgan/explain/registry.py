@@ -11,6 +11,8 @@ reconstruction G(z1, z2) — they match the input as far as the inversion succee
 
 from __future__ import annotations
 
+import abc
+
 from typing import Callable, ClassVar
 
 import torch
@@ -50,7 +52,7 @@ def get_explainer(name: str, G: nn.Module | None, C: nn.Module, **opts) -> "Expl
     return EXPLAINERS[name](G, C, **opts)
 
 
-class Explainer:
+class Explainer(abc.ABC):
     """Base class: ``attribute(inputs, target=1, **kw) -> Tensor shaped like inputs``.
 
     ``target`` follows Captum's convention where 1 is the positive class; it is the only class
@@ -100,8 +102,9 @@ class Explainer:
             )
         return out.detach().contiguous()
 
+    @abc.abstractmethod
     def _attribute(self, inputs, target, **kw):
-        raise NotImplementedError
+        """Implemented by each subclass."""
 
 
 @register_explainer("difference")

@@ -18,6 +18,8 @@ BinaryClassifier (columns ``[0, s]``) the two coincide.
 
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn as nn
 
@@ -35,13 +37,14 @@ def positive_log_odds(logits: torch.Tensor) -> torch.Tensor:
     raise MedxganError(f"expected binary logits [B,1] or [B,2], got shape {tuple(logits.shape)}")
 
 
-class Target:
+class Target(abc.ABC):
     """A scalar per example from binary logits: ``target(logits) -> [B]``."""
 
     name = "target"
 
+    @abc.abstractmethod
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """[B,2] / [B,1] / [B] logits -> [B] score; implemented by each target."""
 
     def __repr__(self):
         return f"{type(self).__name__}()"
