@@ -346,3 +346,24 @@ def test_explain_images_is_deterministic_and_complete():
         assert torch.equal(a.z1, b.z1) and torch.equal(a.reconstruction, b.reconstruction)
         assert all(torch.equal(a.maps[k], b.maps[k]) for k in methods)
         assert a.completeness == b.completeness
+
+
+def test_explain_images_carries_names_and_masks():
+    import torch as _t
+
+    from medxgan.config import ClassifierConfig, GANConfig
+    from medxgan.explain import explain_images
+    from medxgan.inversion import InversionConfig
+    from medxgan.models.classifier import build_classifier
+    from medxgan.models.gan import build_generator
+
+    _t.manual_seed(0)
+    G = build_generator(GANConfig(z1_dim=4, z2_dim=2, ngf=4), 16, 1).eval()
+    C = build_classifier(ClassifierConfig(width=4, depth=2), 16, 1).eval()
+    x = _t.rand(2, 1, 16, 16) * 2 - 1
+    masks = _t.zeros(2, 1, 16, 16, dtype=_t.bool)
+    masks[1, :, 4:8, 4:8] = True
+    out = explain_images(G, C, x, methods=("difference", "lig"), inversion=InversionConfig(steps=3, restarts=1),
+                         lig_steps=2, names=["a.png", "b.png"], masks=masks)
+    assert [e.name for e in out] == ["a.png", "b.png"]
+    assert out[1].mask.sum() == 16 and not out[0].mask.any()

@@ -77,12 +77,12 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
         "ig_negative": {"n_steps": ig_steps, "internal_batch_size": internal_batch_size},
     }
     maps, completeness = {}, {}
-    names = list(methods)
+    method_names = list(methods)
     if progress:
         from tqdm.auto import tqdm
 
-        names = tqdm(names, desc="explain", leave=False)
-    for name in names:
+        method_names = tqdm(method_names, desc="explain", leave=False)
+    for name in method_names:
         explainer = get_explainer(name, G, C, target=target, inversion=inversion, **options.get(name, {}))
         maps[name] = explainer.attribute(images, latents=(z1, z2))
         if name in ("lig", "lig_path"):
