@@ -415,7 +415,7 @@ def cmd_demo(args) -> int:
     steps = [
         ("phantoms", ["phantoms", "--out", str(out / "phantoms"), "--n", str(n), "--size", str(size), "--seed", str(args.seed)]
          + (["--no-progress"] if args.no_progress else [])),
-        ("classifier", ["train-classifier", "--data", str(out / "phantoms"), "--out", str(out / "classifier")] + common
+        ("classifier", ["train-classifier", "--data", str(out / "phantoms"), "--out", str(out / "classifier"), "--size", str(size)] + common
          + [a for s in c_over for a in ("--set", s)]),
         ("medXGAN", ["train", "--data", str(out / "phantoms"), "--classifier", str(out / "classifier"), "--out", str(out / "medxgan")]
          + common + [a for s in g_over for a in ("--set", s)] + (["--eval-z1", "100"] if args.quick else [])),
