@@ -6,6 +6,7 @@ import torch.nn as nn
 from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 
 from medxgan.config import ClassifierConfig, GANConfig
+from toy_models import calibrate_batchnorm, tiny_models
 from medxgan.errors import MedxganError
 from medxgan.explain import (
     EXPLAINERS,
@@ -39,30 +40,6 @@ def one_thread():
 
 
 # --- toy models ---------------------------------------------------------------------------
-def calibrate_batchnorm(model, *inputs):
-    """BN running statistics from one batch, so random nets give images with contrast."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        out = model(*inputs)
-    model.eval()
-    return out
-
-
-def tiny_models(size=16, channels=1, code="continuous", n_logits=1, seed=0):
-    torch.manual_seed(seed)
-    G = build_generator(GANConfig(z1_dim=8, z2_dim=4, ngf=8, code=code), size, channels)
-    C = build_classifier(ClassifierConfig(width=8, depth=2, n_logits=n_logits), size, channels)
-    gen = torch.Generator().manual_seed(seed + 1)
-    z1 = G.sample_z1(128, gen)
-    z2 = G.sample_code(torch.randint(0, 2, (128,), generator=gen), gen)
-    calibrate_batchnorm(C, calibrate_batchnorm(G, z1, z2))
-    return G, C
-
-
 def latents(G, n=2, seed=5):
     gen = torch.Generator().manual_seed(seed)
     return G.sample_z1(n, gen), G.sample_code(torch.ones(n, dtype=torch.long), gen)

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from medxgan.config import ClassifierConfig, GANConfig
+from toy_models import calibrate_batchnorm, tiny_models
 from medxgan.errors import MedxganError
 from medxgan.inversion import InversionConfig, _adam_rows, image_quality, invert
 from medxgan.models import build_classifier, build_generator
@@ -17,32 +18,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def calibrate_batchnorm(model, *inputs):
-    """Set BN running statistics from one batch so randomly initialised nets give images with
-    contrast (default stats 0/1 leave a random G nearly flat)."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        out = model(*inputs)
-    model.eval()
-    return out
-
-
-def tiny_models(size=16, channels=1, code="continuous", n_logits=1, seed=0):
-    torch.manual_seed(seed)
-    G = build_generator(GANConfig(z1_dim=8, z2_dim=4, ngf=8, code=code), size, channels)
-    C = build_classifier(ClassifierConfig(width=8, depth=2, n_logits=n_logits), size, channels)
-    gen = torch.Generator().manual_seed(seed + 1)
-    z1 = G.sample_z1(128, gen)
-    z2 = G.sample_code(torch.randint(0, 2, (128,), generator=gen), gen)
-    images = calibrate_batchnorm(G, z1, z2)
-    calibrate_batchnorm(C, images)
-    return G, C
 
 
 def generated_images(G, n=3, seed=5):
