@@ -11,7 +11,7 @@ SOURCES := pyproject.toml $(shell find src -name '*.py' -o -name '*.html' -o -na
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check ".[test]"
+	$(PY) -m pip install -q --disable-pip-version-check ".[test,medical]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -63,7 +63,15 @@ def _run_config(args, base=None):
     cfg = base or RunConfig()
     if getattr(args, "config", None):
         cfg = RunConfig.from_dict({**cfg.to_dict(), **_merge(cfg.to_dict(), load_config_file(args.config))})
-    data_over = {k: getattr(args, k) for k in ("size", "channels", "resize", "positive", "negative") if getattr(args, k, None) is not None}
+    data_over = {k: getattr(args, k) for k in ("size", "channels", "resize", "positive", "negative", "layout")
+                 if getattr(args, k, None) is not None}
+    if getattr(args, "window", None):
+        from medxgan.config import _coerce
+
+        data_over["dicom_window"] = _coerce(args.window, tuple[float, ...], "--window")
+    for flag, key in (("axis", "nifti_axis"), ("slice", "nifti_slice"), ("frame", "dicom_frame")):
+        if getattr(args, flag, None) is not None:
+            data_over[key] = getattr(args, flag)
     if data_over:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data_over))
     return apply_overrides(cfg, getattr(args, "set", None) or [])
@@ -91,10 +99,18 @@ def load_splits(data: str, dcfg, out: Path | None = None, split_file: Path | Non
         if out is not None:
             _write_json(out / "split.json", {"format": "medxgan-split", "source": "npz", "names": {s: splits[s].names for s in splits}})
         return splits
-    full = D.load_folder(path, size=dcfg.size, channels=dcfg.channels, positive=dcfg.positive, negative=dcfg.negative,
-                         resize=dcfg.resize, progress=progress, **kw)
+    if dcfg.layout == "volumes":
+        if kw.get("masks") or kw.get("via"):
+            raise MedxganError("the volumes layout takes its masks from <data>/masks; --masks/--via do not apply")
+        full = D.load_nifti_volumes(path, size=dcfg.size, channels=dcfg.channels, resize=dcfg.resize,
+                                    axis=dcfg.nifti_axis, progress=progress)
+    else:
+        full = D.load_folder(path, size=dcfg.size, channels=dcfg.channels, positive=dcfg.positive, negative=dcfg.negative,
+                             resize=dcfg.resize, progress=progress, medical=dcfg.medical(), **kw)
     if split_file is not None:
         idx = D.load_split(split_file, names=full)
+    elif dcfg.layout == "volumes":
+        idx = D.group_split(full.names, full.labels.numpy(), dcfg.split_fractions, dcfg.split_seed)
     else:
         idx = D.stratified_split(full.labels.numpy(), dcfg.split_fractions, dcfg.split_seed)
     splits = {s: full.subset(idx[s]) for s in ("train", "val", "test")}
@@ -240,13 +256,13 @@ def cmd_train(args) -> int:
 
 
 def _collect_images(inputs: list[str]) -> list[Path]:
-    from medxgan.data import IMAGE_EXTENSIONS
+    from medxgan.data import _is_image
 
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS and "masks" not in q.parts)
+            found = sorted(q for q in p.rglob("*") if _is_image(q) and "masks" not in q.parts)
             if not found:
                 raise MedxganError(f"{p}: no images in this folder")
             files += found
@@ -262,6 +278,7 @@ def _explain_inputs(args, dcfg, progress):
     import torch
 
     from medxgan import data as D
+    from medxgan.medical import strip_extension
 
     if args.data:
         split_file = Path(args.model) / "split.json"
@@ -284,7 +301,7 @@ def _explain_inputs(args, dcfg, progress):
     images, names, keep = [], [], []
     for f in files:
         try:
-            images.append(D.load_image(f, dcfg.size, dcfg.channels, dcfg.resize))
+            images.append(D.load_image(f, dcfg.size, dcfg.channels, dcfg.resize, medical=dcfg.medical()))
             names.append(str(f))
         except MedxganError:
             if not args.skip_bad:
@@ -297,8 +314,9 @@ def _explain_inputs(args, dcfg, progress):
         index = D._mask_index(Path(args.masks))
         masks = torch.zeros(len(images), 1, dcfg.size, dcfg.size, dtype=torch.bool)
         for i, n in enumerate(names):
-            if Path(n).stem in index:
-                masks[i] = D.load_mask(index[Path(n).stem], dcfg.size, dcfg.resize)
+            stem = strip_extension(n)
+            if stem in index:
+                masks[i] = D.load_mask(index[stem], dcfg.size, dcfg.resize, medical=dcfg.medical())
     return torch.stack(images), names, masks
 
 
@@ -461,6 +479,12 @@ def _add_common(p, data=True):
         p.add_argument("--masks", help="folder of lesion masks named like the images")
         p.add_argument("--via", help="VGG Image Annotator JSON with lesion outlines")
         p.add_argument("--skip-bad", action="store_true", help="skip unreadable images (and count them) instead of stopping")
+        p.add_argument("--layout", choices=("classes", "volumes"),
+                       help="classes: class sub-folders (default); volumes: images/ and masks/ NIfTI volumes, every slice")
+        p.add_argument("--window", metavar="CENTRE,WIDTH", help="DICOM window overriding the files' own (e.g. 40,400 for CT brain)")
+        p.add_argument("--frame", type=int, help="frame of multi-frame DICOMs (default 0)")
+        p.add_argument("--axis", type=int, choices=(0, 1, 2), help="NIfTI slicing axis after RAS+ reorientation (default 2, axial)")
+        p.add_argument("--slice", type=int, help="NIfTI slice taken from volumes in class folders (default: the middle)")
 
 
 def build_parser() -> argparse.ArgumentParser:

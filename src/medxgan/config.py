@@ -23,6 +23,11 @@ class DataConfig:
     negative: str = "negative"
     split_seed: int = 0
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train / val / test
+    layout: str = "classes"  # classes: <positive>/ and <negative>/ folders | volumes: images/ + masks/ NIfTI volumes
+    dicom_frame: int = 0  # frame of a multi-frame DICOM
+    dicom_window: tuple[float, ...] = ()  # (centre, width) overriding the files' VOI; () = the file's own
+    nifti_axis: int = 2  # 0 sagittal, 1 coronal, 2 axial (after reorientation to RAS+)
+    nifti_slice: int = -1  # slice of each NIfTI volume in class folders; -1 = the middle one
 
     def __post_init__(self):
         if self.size < 16 or self.size > 512:
@@ -31,9 +36,24 @@ class DataConfig:
             raise MedxganError(f"data.channels must be 1 or 3, got {self.channels}")
         if self.resize not in ("pad", "crop", "stretch"):
             raise MedxganError(f"data.resize must be pad, crop or stretch, got {self.resize!r}")
+        if self.layout not in ("classes", "volumes"):
+            raise MedxganError(f"data.layout must be classes or volumes, got {self.layout!r}")
+        if len(self.dicom_window) not in (0, 2) or (self.dicom_window and self.dicom_window[1] < 1):
+            raise MedxganError(f"data.dicom_window must be centre,width with width >= 1, got {self.dicom_window}")
+        if self.nifti_axis not in (0, 1, 2):
+            raise MedxganError(f"data.nifti_axis must be 0, 1 or 2, got {self.nifti_axis}")
+        if self.dicom_frame < 0 or self.nifti_slice < -1:
+            raise MedxganError("data.dicom_frame must be >= 0 and data.nifti_slice >= -1 (-1 = middle)")
         fr = self.split_fractions
         if len(fr) != 3 or min(fr) <= 0 or abs(sum(fr) - 1) > 1e-6:
             raise MedxganError(f"data.split_fractions must be three positive numbers summing to 1, got {fr}")
+
+    def medical(self):
+        """The :class:`medxgan.data.MedicalOptions` these settings describe."""
+        from medxgan.data import MedicalOptions
+
+        return MedicalOptions(dicom_frame=self.dicom_frame, dicom_window=tuple(self.dicom_window) or None,
+                              nifti_axis=self.nifti_axis, nifti_slice=None if self.nifti_slice < 0 else self.nifti_slice)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from medxgan.errors import MedxganError
+from medxgan.medical import MEDICAL_EXTENSIONS, is_dicom, is_nifti, strip_extension
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -57,7 +58,10 @@ __all__ = [
     "load_mask",
     "load_folder",
     "load_medmnist",
+    "load_nifti_volumes",
     "load_dataset",
+    "MedicalOptions",
+    "group_split",
     "stratified_split",
     "save_split",
     "load_split",
@@ -66,7 +70,7 @@ __all__ = [
     "resize_geometry",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp") + MEDICAL_EXTENSIONS
 RESIZE_MODES = ("pad", "crop", "stretch")
 SPLITS = ("train", "val", "test")
 VIA_SHAPES = ("polygon", "rect", "circle", "ellipse")
@@ -313,14 +317,33 @@ def _minmax(a: np.ndarray) -> np.ndarray:
     return ((a - lo) / (hi - lo)).astype(np.float32)
 
 
-def _read_image(path, channels: int = 1) -> np.ndarray:
+@dataclass(frozen=True)
+class MedicalOptions:
+    """How DICOM and NIfTI files become 2-D images (see :mod:`medxgan.medical`)."""
+
+    dicom_frame: int = 0  # frame of a multi-frame DICOM
+    dicom_window: tuple[float, float] | None = None  # (centre, width) overriding the file's VOI
+    nifti_axis: int = 2  # 0 sagittal, 1 coronal, 2 axial (after reorientation to RAS+)
+    nifti_slice: int | None = None  # None = the middle slice
+
+
+_DEFAULT_MEDICAL = MedicalOptions()
+
+
+def _read_image(path, channels: int = 1, medical: MedicalOptions = _DEFAULT_MEDICAL) -> np.ndarray:
     """float32 [C, H, W] in [0, 1] at the original size."""
+    from medxgan import medical as M
+
     path = Path(path)
     channels = _check_channels(channels)
+    if is_dicom(path):
+        return M.read_dicom(path, channels, frame=medical.dicom_frame, window=medical.dicom_window)
+    if is_nifti(path):
+        return M.read_nifti(path, channels, axis=medical.nifti_axis, index=medical.nifti_slice)
     return _pil_to_float(_open(path, gray=channels == 1), path, channels)
 
 
-def _read_mask(path) -> np.ndarray:
+def _read_mask(path, medical: MedicalOptions = _DEFAULT_MEDICAL) -> np.ndarray:
     """bool [H, W] at the original size.
 
     Mode '1' is used as is; palette images: index > 0; integer images: > 0 when the largest value
@@ -328,6 +351,14 @@ def _read_mask(path) -> np.ndarray:
     colour images use their brightest channel; float images: > 0.5 if within [0, 1] else > max/2.
     """
     path = Path(path)
+    if is_nifti(path):
+        from medxgan.medical import read_nifti_mask
+
+        return read_nifti_mask(path, axis=medical.nifti_axis, index=medical.nifti_slice)
+    if is_dicom(path):
+        from medxgan.medical import read_dicom
+
+        return read_dicom(path, 1, frame=medical.dicom_frame, window=None)[0] > 0.5
     im = _open(path)
     mode = im.mode
     if mode == "1":
@@ -363,16 +394,17 @@ def _read_mask(path) -> np.ndarray:
     return a > mx // 2
 
 
-def load_image(path, size: int, channels: int = 1, resize: str = "pad") -> torch.Tensor:
+def load_image(path, size: int, channels: int = 1, resize: str = "pad",
+               medical: MedicalOptions = _DEFAULT_MEDICAL) -> torch.Tensor:
     """One image file -> float32 [channels, size, size] in [-1, 1]."""
     size, resize = _check_size(size), _check_resize(resize)
-    return _image_to_tensor(_read_image(path, channels), size, resize)
+    return _image_to_tensor(_read_image(path, channels, medical), size, resize)
 
 
-def load_mask(path, size: int, resize: str = "pad") -> torch.Tensor:
+def load_mask(path, size: int, resize: str = "pad", medical: MedicalOptions = _DEFAULT_MEDICAL) -> torch.Tensor:
     """One mask file -> bool [1, size, size], geometrically transformed exactly like its image."""
     size, resize = _check_size(size), _check_resize(resize)
-    return _mask_to_tensor(_read_mask(path), size, resize)
+    return _mask_to_tensor(_read_mask(path, medical), size, resize)
 
 
 # --------------------------------------------------------------------------------------------
@@ -544,7 +576,7 @@ def _natural_key(s: str):
 
 
 def _is_image(p: Path) -> bool:
-    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    return p.is_file() and not p.name.startswith(".") and (p.suffix.lower() in IMAGE_EXTENSIONS or is_nifti(p))
 
 
 def _class_dir(root: Path, name: str, role: str) -> Path:
@@ -580,8 +612,9 @@ def _mask_index(mask_dir: Path) -> dict[str, Path]:
     for exact in (True, False):
         claimed: dict[str, Path] = {}
         for p in files:
-            stem = p.stem if exact else re.sub(r"[_-]mask$", "", p.stem, flags=re.IGNORECASE)
-            if not exact and (stem == p.stem or stem in index):
+            own = strip_extension(p)
+            stem = own if exact else re.sub(r"[_-]mask$", "", own, flags=re.IGNORECASE)
+            if not exact and (stem == own or stem in index):
                 continue
             if stem in claimed:
                 raise _fail(f"two mask files for image '{stem}' in {mask_dir}: {claimed[stem].name} and {p.name}")
@@ -601,8 +634,12 @@ def load_folder(
     via=None,
     skip_bad: bool = False,
     progress: bool = True,
+    medical: MedicalOptions = _DEFAULT_MEDICAL,
 ) -> LabeledImages:
     """Load ``root/<positive>/*`` (label 1) and ``root/<negative>/*`` (label 0).
+
+    DICOM (.dcm, .dicom) and NIfTI (.nii, .nii.gz) files count as images too: ``medical`` says
+    which frame, window, axis and slice they contribute (needs ``medxgan[medical]``).
 
     Files with extensions .png .jpg .jpeg .tif .tiff .bmp (any case) are read in natural name
     order, positives first. Lesion masks come from ``masks`` (a folder whose files share the
@@ -668,7 +705,7 @@ def load_folder(
         if entries and not via_for:
             warnings.warn(f"VIA file {via_path}: none of its {len(entries)} file names match an image in {root}")
     any_mask_source = mask_dir is not None or via_path is not None
-    if mask_dir is not None and mask_files and not any(p.stem in mask_files for p, _ in files):
+    if mask_dir is not None and mask_files and not any(strip_extension(p) in mask_files for p, _ in files):
         warnings.warn(f"mask folder {mask_dir}: no mask file name matches an image in {root}")
 
     # ---- decode
@@ -680,7 +717,7 @@ def load_folder(
     skipped: list[str] = []
     for i, (path, _) in enumerate(tqdm(files, desc=f"loading {root.name or root}", unit="img", disable=not progress)):
         try:
-            arr = _read_image(path, channels)
+            arr = _read_image(path, channels, medical)
         except MedxganError:
             if not skip_bad:
                 raise
@@ -692,9 +729,9 @@ def load_folder(
             continue
         h, w = arr.shape[-2:]
         full = None
-        mfile = mask_files.get(path.stem)
+        mfile = mask_files.get(strip_extension(path))
         if mfile is not None:
-            full = _read_mask(mfile)
+            full = _read_mask(mfile, medical)
             if full.shape != (h, w):
                 raise _fail(
                     f"mask {mfile} is {full.shape[1]}x{full.shape[0]} pixels but image {path} "
@@ -722,6 +759,74 @@ def load_folder(
         if not bool((labels == lab).any()):
             raise _fail(f"no readable images left in {role} class folder {d} after skipping bad files")
     return LabeledImages(images, labels, mask_t, has_mask, names, skipped)
+
+
+# --------------------------------------------------------------------------------------------
+# NIfTI volumes: every slice, labelled by a lesion-mask volume
+# --------------------------------------------------------------------------------------------
+
+
+def load_nifti_volumes(root, size: int = 64, channels: int = 1, resize: str = "pad", axis: int = 2,
+                       min_lesion_voxels: int = 1, progress: bool = True) -> LabeledImages:
+    """All slices of ``root/images/*.nii[.gz]``, labelled and masked by ``root/masks/<same name>``.
+
+    A slice is positive when its mask slice holds at least ``min_lesion_voxels`` voxels > 0;
+    the mask becomes the slice's lesion mask. Names are ``"<volume>#<slice:04d>"`` so that
+    :func:`group_split` keeps all slices of one volume in one split.
+    """
+    from tqdm.auto import tqdm
+
+    from medxgan.medical import nifti_slices
+
+    size, resize, channels = _check_size(size), _check_resize(resize), _check_channels(channels)
+    root = Path(root)
+    img_dir, mask_dir = root / "images", root / "masks"
+    for d in (img_dir, mask_dir):
+        if not d.is_dir():
+            raise _fail(f"NIfTI volume layout needs {d} (folders images/ and masks/ with volumes of the same names)")
+    vols = sorted((p for p in img_dir.iterdir() if is_nifti(p) and not p.name.startswith(".")), key=lambda p: _natural_key(p.name))
+    if not vols:
+        raise _fail(f"no NIfTI volumes (.nii, .nii.gz) in {img_dir}")
+    masks_by = {strip_extension(p): p for p in mask_dir.iterdir() if is_nifti(p)}
+    images, labels, masks, names = [], [], [], []
+    for v in tqdm(vols, desc=f"loading {root.name}", unit="vol", disable=not progress):
+        m = masks_by.get(strip_extension(v))
+        if m is None:
+            raise _fail(f"no mask volume for {v.name} in {mask_dir}")
+        for k, img, lab, msk in nifti_slices(v, m, axis=axis, channels=channels, min_lesion_voxels=min_lesion_voxels):
+            images.append(_image_to_tensor(img, size, resize))
+            masks.append(_mask_to_tensor(msk, size, resize))
+            labels.append(lab)
+            names.append(f"{strip_extension(v)}#{k:04d}")
+    lab_t = torch.tensor(labels, dtype=torch.int64)
+    for lab, role in ((1, "positive (lesion)"), (0, "negative (lesion-free)")):
+        if not bool((lab_t == lab).any()):
+            raise _fail(f"{root}: no {role} slices along axis {axis}; a binary classifier needs both classes")
+    mask_t = torch.stack(masks)
+    return LabeledImages(torch.stack(images), lab_t, mask_t, torch.ones(len(names), dtype=torch.bool), names, [])
+
+
+def group_split(names: Sequence[str], labels, fractions=(0.7, 0.15, 0.15), seed: int = 0) -> dict[str, np.ndarray]:
+    """Split whole groups (the part of each name before ``#``: a volume) into train/val/test.
+
+    Groups are shuffled with ``seed`` and allocated by volume count so that no volume is divided
+    between splits (slices of one patient are near-duplicates: splitting them would leak).
+    """
+    labels = np.asarray(labels)
+    groups: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        groups.setdefault(str(n).split("#", 1)[0], []).append(i)
+    keys = sorted(groups, key=_natural_key)
+    if len(keys) < 3:
+        raise _fail(f"a volume-wise split needs at least 3 volumes, got {len(keys)}")
+    rng = np.random.default_rng(seed)
+    order = [keys[i] for i in rng.permutation(len(keys))]
+    counts = _allocate(len(order), fractions)
+    out, start = {}, 0
+    for split, c in zip(SPLITS, counts):
+        out[split] = np.array(sorted(i for k in order[start:start + c] for i in groups[k]), dtype=np.int64)
+        start += c
+    return out
 
 
 # --------------------------------------------------------------------------------------------
