@@ -12,28 +12,7 @@ import torch
 
 from medxgan.cli import main
 
-
-def run_cli(*args, cwd=None):
-    """Run `python -m medxgan` as a user would; returns (rc, stdout, stderr)."""
-    proc = subprocess.run([sys.executable, "-m", "medxgan", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-def assert_one_line_error(rc, err, *needles):
-    assert rc != 0
-    lines = [l for l in err.strip().splitlines() if l.strip()]
-    assert lines and lines[-1].startswith("medxgan: error:"), err
-    assert "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[-1], (n, lines[-1])
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "run"
-    rc, so, se = run_cli("demo", "--quick", "--out", out, "--no-progress", "--device", "cpu")
-    assert rc == 0, se
-    return out, so
+from conftest import assert_one_line_error, run_cli  # noqa: F401  (demo_run is a conftest fixture)
 
 
 def test_demo_quick_end_to_end(demo_run):
@@ -200,3 +179,27 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tmp_path, demo_r
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(l)["step"] for l in (killed / "stats.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 300
+
+
+def test_more_bad_inputs_are_one_line(tmp_path):
+    """Images smaller than the model size with --no-upscale, NaN pixels, an empty class folder,
+    a bad --window: each a one-line error naming the problem, and no run left behind."""
+    import numpy as np
+    from PIL import Image
+
+    root = _folder(tmp_path, size=20)
+    rc, _, err = run_cli("train-classifier", "--data", root, "--out", tmp_path / "r1", "--size", "32", "--no-upscale")
+    assert_one_line_error(rc, err, "smaller than the model size 32")
+    assert not (tmp_path / "r1" / "classifier.safetensors").exists()
+    nan = np.full((20, 20), 0.5, np.float32)
+    nan[3, 3] = np.nan
+    Image.fromarray(nan, mode="F").save(root / "positive" / "nan.tif")
+    rc, _, err = run_cli("train-classifier", "--data", root, "--out", tmp_path / "r2", "--size", "16")
+    assert_one_line_error(rc, err, "nan.tif", "NaN")
+    empty = tmp_path / "empty"
+    (empty / "positive").mkdir(parents=True)
+    (empty / "negative").mkdir()
+    rc, _, err = run_cli("train-classifier", "--data", empty, "--out", tmp_path / "r3")
+    assert_one_line_error(rc, err, "no images")
+    rc, _, err = run_cli("train-classifier", "--data", root, "--out", tmp_path / "r4", "--window", "40,0")
+    assert_one_line_error(rc, err, "window")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
@@ -69,7 +70,7 @@ def _run_config(args, base=None):
         from medxgan.config import _coerce
 
         data_over["dicom_window"] = _coerce(args.window, tuple[float, ...], "--window")
-    for flag, key in (("axis", "nifti_axis"), ("slice", "nifti_slice"), ("frame", "dicom_frame")):
+    for flag, key in (("axis", "nifti_axis"), ("slice", "nifti_slice"), ("frame", "dicom_frame"), ("allow_upscale", "allow_upscale")):
         if getattr(args, flag, None) is not None:
             data_over[key] = getattr(args, flag)
     if data_over:
@@ -106,7 +107,8 @@ def load_splits(data: str, dcfg, out: Path | None = None, split_file: Path | Non
                                     axis=dcfg.nifti_axis, progress=progress)
     else:
         full = D.load_folder(path, size=dcfg.size, channels=dcfg.channels, positive=dcfg.positive, negative=dcfg.negative,
-                             resize=dcfg.resize, progress=progress, medical=dcfg.medical(), **kw)
+                             resize=dcfg.resize, progress=progress, medical=dcfg.medical(),
+                             allow_upscale=dcfg.allow_upscale, **kw)
     if split_file is not None:
         idx = D.load_split(split_file, names=full)
     elif dcfg.layout == "volumes":
@@ -149,17 +151,23 @@ def cmd_phantoms(args) -> int:
 def cmd_train_classifier(args) -> int:
     import torch
 
+    from medxgan import distributed as dist_
     from medxgan.checkpoint import CLASSIFIER_FILE, call_factory, load_foreign_weights, save_classifier
-    from medxgan.device import resolve_device
     from medxgan.models.classifier import BinaryClassifier
     from medxgan.training.classifier import binary_metrics, predict_proba, train_classifier
 
+    ctx, device = dist_.init(args.device)
+    main = ctx.is_main
     cfg = _run_config(args)
-    device = resolve_device(args.device)
-    out = _prepare_out(args.out, marker=CLASSIFIER_FILE)
-    splits = load_splits(args.data, cfg.data, out, progress=not args.no_progress,
+    if (Path(args.out) / CLASSIFIER_FILE).exists():
+        raise MedxganError(f"{args.out}: already holds a finished run ({CLASSIFIER_FILE}); choose another --out")
+    dist_.per_rank_batch(cfg.classifier.batch_size, ctx)
+    out = _prepare_out(args.out, marker=CLASSIFIER_FILE) if main else Path(args.out)
+    dist_.barrier(ctx)
+    splits = load_splits(args.data, cfg.data, out if main else None, progress=not args.no_progress and main,
                          **_mask_kwargs(args))
-    _write_json(out / "config.json", cfg.to_dict())
+    if main:
+        _write_json(out / "config.json", cfg.to_dict())
     brought = None
     if args.classifier_factory:
         net = call_factory(args.classifier_factory)
@@ -176,7 +184,9 @@ def cmd_train_classifier(args) -> int:
     else:
         model, history = train_classifier(cfg.classifier, splits["train"].images, splits["train"].labels,
                                           splits["val"].images, splits["val"].labels, device=device,
-                                          progress=not args.no_progress, classifier=brought)
+                                          progress=not args.no_progress, classifier=brought, ctx=ctx)
+    if not main:
+        return 0
     metrics = {s: binary_metrics(predict_proba(model, splits[s].images, device=device), splits[s].labels) for s in ("val", "test")}
     save_classifier(out / CLASSIFIER_FILE, model.cpu(), None if brought is not None else cfg.classifier, cfg.data.size,
                     cfg.data.channels, factory=args.classifier_factory, extra={"data": dataclasses.asdict(cfg.data)})
@@ -202,13 +212,16 @@ def cmd_train(args) -> int:
     import torch
 
     from medxgan import checkpoint as ckpt
+    from medxgan import distributed as dist_
     from medxgan.config import DataConfig, RunConfig, from_dict
-    from medxgan.device import resolve_device
     from medxgan.evaluate.fidelity import generated_accuracy
     from medxgan.evaluate.realism import c2st_accuracy, sample_images
     from medxgan.training.gan import train_gan
     from medxgan.visualize import sample_grid, save_figure
 
+    ctx, device = dist_.init(args.device)
+    main = ctx.is_main
+    progress = not args.no_progress and main
     cpath = _classifier_path(args.classifier)
     classifier, cmeta = ckpt.load_classifier(cpath)
     out = Path(args.out)
@@ -223,31 +236,37 @@ def cmd_train(args) -> int:
             f"{cpath}: classifier expects {cmeta['channels']}x{cmeta['size']}x{cmeta['size']} images, "
             f"the GAN is configured for {cfg.data.channels}x{cfg.data.size}x{cfg.data.size}"
         )
-    out = _prepare_out(out, resume=args.resume, marker=None)
     if not args.resume and (out / ckpt.TRAIN_STATE_FILE).exists():
         raise MedxganError(f"{out}: already holds a training run; pass --resume to continue it or choose another --out")
+    dist_.per_rank_batch(cfg.gan.batch_size, ctx)
+    if main:
+        out = _prepare_out(out, resume=args.resume, marker=None)
+    dist_.barrier(ctx)
     split_file = cpath.parent / "split.json"
     split_file = split_file if split_file.exists() and not str(args.data).endswith(".npz") else None
-    splits = load_splits(args.data, cfg.data, out, split_file=split_file, progress=not args.no_progress, **_mask_kwargs(args))
-    _write_json(out / "config.json", cfg.to_dict())
-    if not args.resume or not (out / ckpt.CLASSIFIER_FILE).exists():
-        shutil.copyfile(cpath, out / ckpt.CLASSIFIER_FILE)  # the model run is self-contained
-    device = resolve_device(args.device)
+    splits = load_splits(args.data, cfg.data, out if main else None, split_file=split_file, progress=progress, **_mask_kwargs(args))
+    if main:
+        _write_json(out / "config.json", cfg.to_dict())
+        if not args.resume or not (out / ckpt.CLASSIFIER_FILE).exists():
+            shutil.copyfile(cpath, out / ckpt.CLASSIFIER_FILE)  # the model run is self-contained
     real = splits["train"].images
     samples = out / "samples"
-    samples.mkdir(exist_ok=True)
+    if main:
+        samples.mkdir(exist_ok=True)
 
     def on_sample(G, step):
         save_figure(sample_grid(G, classifier.to(device), real=real[:6]), samples / f"step_{step:06d}.png")
 
     G, stats = train_gan(cfg.gan, real, classifier, out_dir=out, resume=args.resume, device=device,
-                         progress=not args.no_progress, on_sample=on_sample)
+                         progress=progress, on_sample=on_sample, ctx=ctx)
+    if not main:
+        return 0
     fid = generated_accuracy(G, classifier.to(device), n_z1=args.eval_z1, seed=0, device=device)
     # Realism beside accuracy: a fresh CNN tries to tell held-out real images from generated ones.
     held_out = torch.cat([splits["val"].images, splits["test"].images])
     c2st = c2st_accuracy(held_out, sample_images(G, len(held_out), seed=1), seed=0)
     _write_json(out / "metrics.json", {"generated": fid, "realism": {"c2st_accuracy": c2st["accuracy"], "c2st_n_test": c2st["n_test"]},
-                                       "steps": cfg.gan.steps})
+                                       "steps": cfg.gan.steps, "world_size": ctx.world_size})
     shutil.copyfile(samples / f"step_{cfg.gan.steps:06d}.png", out / "samples.png")
     print(f"medXGAN: generated accuracy {fid['accuracy']:.4f} (AUC {fid['auc']:.4f}, {fid['n']} images, Table 1 protocol); "
           f"realism: C2ST accuracy {c2st['accuracy']:.3f} (0.5 = indistinguishable from held-out real images)")
@@ -301,7 +320,8 @@ def _explain_inputs(args, dcfg, progress):
     images, names, keep = [], [], []
     for f in files:
         try:
-            images.append(D.load_image(f, dcfg.size, dcfg.channels, dcfg.resize, medical=dcfg.medical()))
+            images.append(D.load_image(f, dcfg.size, dcfg.channels, dcfg.resize, medical=dcfg.medical(),
+                                       allow_upscale=dcfg.allow_upscale))
             names.append(str(f))
         except MedxganError:
             if not args.skip_bad:
@@ -324,8 +344,8 @@ def cmd_explain(args) -> int:
     import torch
 
     from medxgan import checkpoint as ckpt
+    from medxgan import distributed as dist_
     from medxgan.config import DataConfig, from_dict
-    from medxgan.device import resolve_device
     from medxgan.explain import explain_images, list_explainers
     from medxgan.inversion import InversionConfig
     from medxgan.report import write_explanations
@@ -339,27 +359,35 @@ def cmd_explain(args) -> int:
     unknown = [m for m in methods if m not in list_explainers()]
     if unknown:
         raise MedxganError(f"--methods: unknown method(s) {', '.join(unknown)}; known: {', '.join(list_explainers())}")
+    ctx, device = dist_.init(args.device)
+    main = ctx.is_main
     G, C, gmeta = ckpt.load_medxgan(args.model)
     config = _read_json(Path(args.model) / "config.json", "run config")
     dcfg = from_dict(DataConfig, config.get("data", {}))
-    progress = not args.no_progress
+    progress = not args.no_progress and main
     images, names, masks = _explain_inputs(args, dcfg, progress)
     if images.shape[1:] != (gmeta["channels"], gmeta["size"], gmeta["size"]):
         raise MedxganError(f"images are {tuple(images.shape[1:])}, the model expects {(gmeta['channels'], gmeta['size'], gmeta['size'])}")
     if not torch.isfinite(images).all():
         raise MedxganError("input images contain NaN or Inf")
-    out = _prepare_out(Path(args.out))
-    device = resolve_device(args.device)
+    out = _prepare_out(Path(args.out)) if main else Path(args.out)
     G, C = G.to(device), C.to(device)
     inversion = InversionConfig.paper() if args.paper_inversion else InversionConfig(steps=args.steps, restarts=args.restarts, seed=args.seed)
     explanations = []
     from tqdm.auto import tqdm
 
-    for start in tqdm(range(0, len(images), args.batch_size), desc="explain", unit="batch", disable=not progress):
-        sl = slice(start, start + args.batch_size)
+    # Under torchrun each process explains one contiguous block; random starts are keyed by the
+    # image's index in the whole job, so the result of an image does not depend on the split.
+    mine = dist_.block(len(images), ctx)
+    for start in tqdm(range(mine.start, mine.stop, args.batch_size), desc="explain", unit="batch", disable=not progress):
+        sl = slice(start, min(start + args.batch_size, mine.stop))
         explanations += explain_images(G, C, images[sl], methods=methods, inversion=inversion, n_frames=args.frames,
                                        lig_steps=args.lig_steps, target=args.target, names=names[sl],
-                                       masks=masks[sl] if masks is not None else None)
+                                       masks=masks[sl] if masks is not None else None, first_index=start)
+    parts = dist_.gather_to_main(explanations, ctx)
+    if not main:
+        return 0
+    explanations = [e for part in parts for e in part]
     info = {"model": str(args.model), "classifier": gmeta.get("classifier_arch", "see classifier.safetensors"),
             "gan code": gmeta["gan"]["code"], "image size": f"{gmeta['channels']}x{gmeta['size']}x{gmeta['size']}",
             "inversion": "paper protocol (Adam, 10,000 steps)" if args.paper_inversion else f"{inversion.steps} steps x {inversion.restarts} restarts",
@@ -416,8 +444,11 @@ def cmd_info(args) -> int:
 
 DEMO_PRESETS = {
     # name: (phantoms n, size, classifier overrides, gan overrides)
-    "full": (4000, 64, ["classifier.epochs=16", "classifier.width=24", "classifier.lr=3e-3"],
-             ["gan.steps=1800", "gan.lam=2", "gan.checkpoint_every=300", "gan.sample_every=300"]),
+    # 32 px: a GAN step costs a quarter of a 64 px one on a CPU, so the demo affords the ~3000 steps
+    # the classifier term needs (1800 steps at 64 px reached a generated accuracy of only 0.88-0.92).
+    "full": (4000, 32, ["classifier.epochs=12", "classifier.width=24", "classifier.lr=3e-3"],
+             ["gan.steps=3000", "gan.lam=3", "gan.lam_start=500", "gan.lam_warmup=300", "gan.ema_start=300",
+              "gan.checkpoint_every=500", "gan.sample_every=500"]),
     "quick": (240, 32, ["classifier.epochs=4", "classifier.width=8", "classifier.depth=3", "classifier.batch_size=32"],
               ["gan.steps=60", "gan.ngf=8", "gan.ndf=8", "gan.z1_dim=16", "gan.z2_dim=4", "gan.batch_size=16",
                "gan.lam_start=20", "gan.lam_warmup=20", "gan.ema_start=10", "gan.checkpoint_every=30", "gan.sample_every=30"]),
@@ -484,6 +515,8 @@ def _add_common(p, data=True):
         p.add_argument("--window", metavar="CENTRE,WIDTH", help="DICOM window overriding the files' own (e.g. 40,400 for CT brain)")
         p.add_argument("--frame", type=int, help="frame of multi-frame DICOMs (default 0)")
         p.add_argument("--axis", type=int, choices=(0, 1, 2), help="NIfTI slicing axis after RAS+ reorientation (default 2, axial)")
+        p.add_argument("--no-upscale", dest="allow_upscale", action="store_false", default=None,
+                       help="refuse images smaller than --size instead of enlarging them")
         p.add_argument("--slice", type=int, help="NIfTI slice taken from volumes in class folders (default: the middle)")
 
 
@@ -532,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="instead of files: a dataset whose held-out split to explain (positives)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--all-classes", action="store_true", help="with --data: explain negatives too")
-    p.add_argument("--n", type=int, help="explain at most N images")
+    p.add_argument("--n", "--max-images", dest="n", type=int, help="explain at most N images (under torchrun spell it --max-images: torchrun mistakes --n for its own options)")
     p.add_argument("--methods", default="difference,lig,gradcam,ig,ig_negative", help="comma-separated; see --list-methods")
     p.add_argument("--list-methods", action="store_true", help="list the registered explainers and exit")
     p.add_argument("--target", default="logit", choices=("logit", "probability"), help="score explained: positive log-odds or P(positive)")
@@ -573,11 +606,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except MedxganError as e:
+        if _rank() > 0:  # under torchrun every rank hits the same error: say it once
+            return EXIT_INTERRUPTED if str(e).startswith("interrupted") else EXIT_USER_ERROR
         print(f"medxgan: error: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED if str(e).startswith("interrupted") else EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("medxgan: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if "medxgan.distributed" in sys.modules:  # only commands that support torchrun import it
+            sys.modules["medxgan.distributed"].shutdown()
+
+
+def _rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ class DataConfig:
     dicom_window: tuple[float, ...] = ()  # (centre, width) overriding the files' VOI; () = the file's own
     nifti_axis: int = 2  # 0 sagittal, 1 coronal, 2 axial (after reorientation to RAS+)
     nifti_slice: int = -1  # slice of each NIfTI volume in class folders; -1 = the middle one
+    allow_upscale: bool = True  # false: refuse images smaller than size instead of enlarging them
 
     def __post_init__(self):
         if self.size < 16 or self.size > 512:
@@ -102,6 +103,7 @@ class GANConfig:
     r1_gamma: float = 0.0  # R1 penalty on real images (0 disables)
     diff_augment: bool = True  # random translation of real and fake before D (small data)
     d_norm: str = "batch"  # normalisation in D: batch (DCGAN; fastest to anatomy here) | spectral | none
+    g_norm: str = "batch"  # normalisation in G (medxgan arch): batch | none
     checkpoint_every: int = 500
     sample_every: int = 250
     seed: int = 0
@@ -109,6 +111,8 @@ class GANConfig:
     def __post_init__(self):
         if self.arch not in ("medxgan", "paper"):
             raise MedxganError(f"gan.arch must be medxgan or paper, got {self.arch!r}")
+        if self.g_norm not in ("batch", "none"):
+            raise MedxganError(f"gan.g_norm must be batch or none, got {self.g_norm!r}")
         if self.d_norm not in ("spectral", "batch", "none"):
             raise MedxganError(f"gan.d_norm must be spectral, batch or none, got {self.d_norm!r}")
         if self.code not in ("continuous", "discrete"):

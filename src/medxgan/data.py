@@ -205,6 +205,15 @@ def _transform(x: torch.Tensor, size: int, resize: str, fill: float = 0.0) -> to
     return out
 
 
+def _check_not_upscaled(arr: np.ndarray, path, size: int, resize: str) -> None:
+    """Refuse an image that would have to be enlarged to reach ``size`` (``allow_upscale=False``)."""
+    h, w = arr.shape[-2:]
+    side = {"pad": max(h, w), "crop": min(h, w), "stretch": min(h, w)}[resize]
+    if side < size:
+        raise _fail(f"image {path} is {w}x{h} pixels, smaller than the model size {size} "
+                    f"(upscaling refused by --no-upscale / data.allow_upscale=false)")
+
+
 def _image_to_tensor(arr: np.ndarray, size: int, resize: str) -> torch.Tensor:
     """float [C, h, w] in [0, 1] -> float32 [C, size, size] in [-1, 1] (padding is black = -1)."""
     x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
@@ -395,10 +404,13 @@ def _read_mask(path, medical: MedicalOptions = _DEFAULT_MEDICAL) -> np.ndarray:
 
 
 def load_image(path, size: int, channels: int = 1, resize: str = "pad",
-               medical: MedicalOptions = _DEFAULT_MEDICAL) -> torch.Tensor:
+               medical: MedicalOptions = _DEFAULT_MEDICAL, allow_upscale: bool = True) -> torch.Tensor:
     """One image file -> float32 [channels, size, size] in [-1, 1]."""
     size, resize = _check_size(size), _check_resize(resize)
-    return _image_to_tensor(_read_image(path, channels, medical), size, resize)
+    arr = _read_image(path, channels, medical)
+    if not allow_upscale:
+        _check_not_upscaled(arr, path, size, resize)
+    return _image_to_tensor(arr, size, resize)
 
 
 def load_mask(path, size: int, resize: str = "pad", medical: MedicalOptions = _DEFAULT_MEDICAL) -> torch.Tensor:
@@ -635,6 +647,7 @@ def load_folder(
     skip_bad: bool = False,
     progress: bool = True,
     medical: MedicalOptions = _DEFAULT_MEDICAL,
+    allow_upscale: bool = True,
 ) -> LabeledImages:
     """Load ``root/<positive>/*`` (label 1) and ``root/<negative>/*`` (label 0).
 
@@ -647,7 +660,8 @@ def load_folder(
     ``via`` (a VIA JSON; default ``root/annotations/via_regions.json`` if it exists), matched by
     file name; both sources are united. ``masks`` is None in the result only when there is no mask
     source at all. ``skip_bad=True`` leaves unreadable images out (listed in ``.skipped`` and in a
-    warning) instead of raising. Problems with masks always raise.
+    warning) instead of raising. Problems with masks always raise. ``allow_upscale=False`` refuses
+    (or, with ``skip_bad``, skips) images that would have to be enlarged to reach ``size``.
     """
     from tqdm.auto import tqdm
 
@@ -718,6 +732,8 @@ def load_folder(
     for i, (path, _) in enumerate(tqdm(files, desc=f"loading {root.name or root}", unit="img", disable=not progress)):
         try:
             arr = _read_image(path, channels, medical)
+            if not allow_upscale:
+                _check_not_upscaled(arr, names[i], size, resize)
         except MedxganError:
             if not skip_bad:
                 raise

@@ -137,7 +137,7 @@ def _adam_rows(z, grad, m, v, t, lr, betas):
     z.sub_(lr / bias1 * m / (v.sqrt() / bias2.sqrt() + _ADAM_EPS))
 
 
-def _initial_latents(G, n_images: int, cfg: InversionConfig, init, device) -> torch.Tensor:
+def _initial_latents(G, n_images: int, cfg: InversionConfig, init, device, first_index: int | None = None) -> torch.Tensor:
     """[B*R, z1_dim + code_dim] starting rows, image-major (row = b * R + r).
 
     Continuous code: z1, z2 ~ N(0, I). Discrete code: z2 is optimised as a free 2-vector that
@@ -146,12 +146,18 @@ def _initial_latents(G, n_images: int, cfg: InversionConfig, init, device) -> to
     replaces restart 0. The other restarts are always random, drawn from ``cfg.seed``.
     """
     R = cfg.restarts
-    gen = torch.Generator().manual_seed(cfg.seed)
-    z1 = torch.randn(n_images * R, G.z1_dim, generator=gen)
-    if getattr(G, "code", "continuous") == "discrete":
-        z2 = torch.full((n_images * R, G.code_dim), 0.5)
-    else:
-        z2 = torch.randn(n_images * R, G.code_dim, generator=gen)
+    discrete = getattr(G, "code", "continuous") == "discrete"
+    if first_index is None:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        z1 = torch.randn(n_images * R, G.z1_dim, generator=gen)
+        z2 = torch.full((n_images * R, G.code_dim), 0.5) if discrete else torch.randn(n_images * R, G.code_dim, generator=gen)
+    else:  # one stream per image, keyed by its index in the whole job: independent of batching
+        z1, z2 = torch.empty(n_images * R, G.z1_dim), torch.full((n_images * R, G.code_dim), 0.5)
+        for j in range(n_images):
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + first_index + j)
+            z1[j * R:(j + 1) * R] = torch.randn(R, G.z1_dim, generator=gen)
+            if not discrete:
+                z2[j * R:(j + 1) * R] = torch.randn(R, G.code_dim, generator=gen)
     first = torch.arange(n_images) * R
     if init is not None:
         z1_init, z2_init = (t.detach().to("cpu", torch.float32) for t in init)
@@ -188,7 +194,7 @@ def image_quality(reconstruction: torch.Tensor, image: torch.Tensor) -> tuple[to
 
 
 def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init=None,
-           progress: bool = False) -> InversionResult:
+           progress: bool = False, first_index: int | None = None) -> InversionResult:
     """Eq. 5: find latent codes (z1, z2) with G(z1, z2) ≈ x and P_C(G(z1, z2)) ≈ P_C(x).
 
     Args:
@@ -198,6 +204,9 @@ def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init
         cfg: optimiser and stopping settings (``InversionConfig.paper()`` for the paper's protocol).
         init: optional (z1 [B,z1_dim], z2 [B,code_dim]) to start restart 0 from.
         progress: show a tqdm bar over steps.
+        first_index: the index of ``x[0]`` in a larger job: random starts are then drawn per image
+            from (cfg.seed, first_index + j), so an image's result does not depend on how the job
+            was cut into batches or shared between processes. None: one stream for the batch.
 
     Returns:
         :class:`InversionResult` of the lowest-loss restart of every image. G and C are used in
@@ -214,7 +223,7 @@ def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init
             prob_target = C.positive_prob(x)  # [B], the fixed target of the BCE term
         x_rows = x.repeat_interleave(R, 0)
         t_rows = prob_target.repeat_interleave(R)
-        z = _initial_latents(G, n_images, cfg, init, device)  # [B*R, z1+code]
+        z = _initial_latents(G, n_images, cfg, init, device, first_index)  # [B*R, z1+code]
         d1 = G.z1_dim
         m, v = torch.zeros_like(z), torch.zeros_like(z)
         t = torch.zeros(rows, dtype=torch.long, device=device)  # Adam steps per row

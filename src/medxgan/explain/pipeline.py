@@ -46,7 +46,8 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
                    inversion: InversionConfig = InversionConfig(), n_frames: int = 11, lig_steps: int = 32,
                    target: "str | Target" = "logit", progress: bool = False, path_steps: int = 128,
                    ig_steps: int = 32, internal_batch_size: int = 64, init=None,
-                   names: list[str] | None = None, masks: torch.Tensor | None = None) -> list[Explanation]:
+                   names: list[str] | None = None, masks: torch.Tensor | None = None,
+                   first_index: int | None = None) -> list[Explanation]:
     """Invert ``images`` once (Eq. 5), then run every method in ``methods`` on the shared latents.
 
     Args:
@@ -59,6 +60,7 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
         init: optional (z1, z2) starting point for the inversion.
         names, masks: optional per-image names and [B,1,H,W] bool lesion masks, carried into
             the explanations (for the report).
+        first_index: index of ``images[0]`` in a larger job (see :func:`medxgan.inversion.invert`).
 
     Returns:
         One :class:`Explanation` per image. ``completeness`` holds |sum(attr) - Δf| for "lig" and
@@ -67,7 +69,7 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
     device = next(C.parameters()).device
     images = images.to(device, torch.float32)
     target = resolve_target(target)
-    inv = invert(G, C, images, inversion, init=init, progress=progress)
+    inv = invert(G, C, images, inversion, init=init, progress=progress, first_index=first_index)
     z1, z2 = inv.z1, inv.z2
     interp = latent_interpolation(G, C, z1, z2, n_frames)
     options = {

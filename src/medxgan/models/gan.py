@@ -79,7 +79,7 @@ class Generator(nn.Module):
 def _build_generator_body(cfg: GANConfig, size: int, channels: int, in_dim: int) -> nn.Module:
     if cfg.arch == "paper":
         return PaperGeneratorBody(in_dim, channels, size)
-    return UpsampleGeneratorBody(in_dim, channels, size, cfg.ngf)
+    return UpsampleGeneratorBody(in_dim, channels, size, cfg.ngf, norm=cfg.g_norm)
 
 
 class UpsampleGeneratorBody(nn.Module):
@@ -88,19 +88,20 @@ class UpsampleGeneratorBody(nn.Module):
     Upsample+conv instead of transposed convs avoids checkerboard artefacts, which a classifier
     in the loop otherwise learns to exploit (see the unrealistic-generator example)."""
 
-    def __init__(self, in_dim, channels, size, ngf):
+    def __init__(self, in_dim, channels, size, ngf, norm: str = "batch"):
         super().__init__()
+        bn = nn.BatchNorm2d if norm == "batch" else (lambda c: nn.Identity())
         start, n_up = _start_side(size)
         widths = [min(ngf * 2 ** (n_up - i), ngf * 8) for i in range(n_up + 1)]
         self.start, self.c0 = start, widths[0]
         self.fc = nn.Linear(in_dim, widths[0] * start * start, bias=False)
-        self.bn0 = nn.BatchNorm2d(widths[0])
+        self.bn0 = bn(widths[0])
         blocks = []
         for i in range(n_up):
             blocks += [
                 nn.Upsample(scale_factor=2, mode="nearest"),
-                nn.Conv2d(widths[i], widths[i + 1], 3, padding=1, bias=False),
-                nn.BatchNorm2d(widths[i + 1]),
+                nn.Conv2d(widths[i], widths[i + 1], 3, padding=1, bias=norm != "batch"),
+                bn(widths[i + 1]),
                 nn.ReLU(inplace=True),
             ]
         self.blocks = nn.Sequential(*blocks)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
+from medxgan import distributed as dist_
 from medxgan.augment import classifier_augment
 from medxgan.config import ClassifierConfig
 from medxgan.errors import MedxganError
@@ -36,41 +37,53 @@ def binary_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
 
 
 def train_classifier(cfg: ClassifierConfig, train_images, train_labels, val_images=None, val_labels=None,
-                     device="cpu", progress: bool = True, classifier: BinaryClassifier | None = None):
+                     device="cpu", progress: bool = True, classifier: BinaryClassifier | None = None,
+                     ctx: dist_.Context = dist_.SINGLE):
     """Train a binary classifier with Adam + cosine schedule, keeping the weights of the epoch with
     the best validation AUC (then accuracy). Returns (classifier in eval mode, history list).
 
     Args:
         train_images: [N,C,H,W] in [-1,1]; train_labels: [N] in {0,1}.
         classifier: bring your own (already wrapped); default builds ``cfg.arch``.
+        ctx: under torchrun, each process trains on a disjoint shard of every epoch
+            (DistributedSampler seeded by (seed, epoch)); ``cfg.batch_size`` is the global batch and
+            DDP averages gradients. Every rank evaluates the (identical) model on the whole
+            validation set, so all ranks keep the same best epoch without communication.
     """
     labels = train_labels.long()
     if len(torch.unique(labels)) < 2:
         raise MedxganError("the training split holds only one class: a binary classifier needs both")
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed * 1009 + ctx.rank)  # augmentation: a stream per rank
     _, c, h, _ = train_images.shape
     model = classifier if classifier is not None else build_classifier(cfg, h, c)
     model = model.to(device).train().requires_grad_(True)
+    run = dist_.wrap(model, ctx, str(device))
+    if ctx.distributed:
+        model = run.module
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(labels) // cfg.batch_size)
+    b = dist_.per_rank_batch(cfg.batch_size, ctx)
+    steps_per_epoch = max(1, (len(labels) // ctx.world_size) // b)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15)
     # Balance classes by weighting the loss (PneumoniaMNIST is 1:3).
     pos_frac = labels.float().mean().item()
     weights = torch.tensor([0.5 / (1 - pos_frac), 0.5 / pos_frac])
     history, best, best_key = [], None, None
-    bar = tqdm(range(cfg.epochs), desc="classifier", disable=not progress, unit="epoch")
+    bar = tqdm(range(cfg.epochs), desc="classifier", disable=not (progress and ctx.is_main), unit="epoch")
     for epoch in bar:
         model.train()
-        perm = torch.randperm(len(labels), generator=gen)
+        shard = torch.tensor(dist_.epoch_shard(len(labels), epoch, cfg.seed, ctx))
         total, seen = 0.0, 0
         for i in range(steps_per_epoch):
-            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            idx = shard[i * b : (i + 1) * b]
+            if len(idx) == 0:
+                break
             x, y = train_images[idx], labels[idx]
             if cfg.augment:
                 x = classifier_augment(x, gen)
             x, y = x.to(device), y.to(device)
-            logit = model.positive_logit(x)
+            out = run(x)  # [B, 2] logits through DDP's forward, so that gradients are averaged
+            logit = out[:, 1] - out[:, 0]
             loss = (F.binary_cross_entropy_with_logits(logit, y.float(), reduction="none") * weights.to(device)[y]).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -78,7 +91,9 @@ def train_classifier(cfg: ClassifierConfig, train_images, train_labels, val_imag
             sched.step()
             total += loss.item() * len(idx)
             seen += len(idx)
-        record = {"epoch": epoch + 1, "train_loss": total / seen}
+        train_loss = dist_.mean_across({"loss": total / max(seen, 1)}, ctx)["loss"]
+        dist_.sync_buffers(ctx, model)
+        record = {"epoch": epoch + 1, "train_loss": train_loss}
         if val_images is not None and len(val_images):
             m = binary_metrics(predict_proba(model, val_images, device=device), val_labels.long())
             record.update(val_accuracy=m["accuracy"], val_auc=m["auc"])

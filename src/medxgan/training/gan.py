@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from medxgan import checkpoint as ckpt
+from medxgan import distributed as dist_
 from medxgan.augment import random_translate
 from medxgan.config import GANConfig
 from medxgan.errors import MedxganError
@@ -36,7 +37,6 @@ class GANState:
     ema: EMA
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
-    gen: torch.Generator  # all sampling (batches, z, augmentation) draws from this, so resume is exact
     step: int = 0
 
 
@@ -46,7 +46,26 @@ def init_state(cfg: GANConfig, size: int, channels: int, device="cpu") -> GANSta
     D = build_discriminator(cfg, size, channels).to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
-    return GANState(G, D, EMA(G, cfg.ema), opt_g, opt_d, torch.Generator().manual_seed(cfg.seed + 1))
+    return GANState(G, D, EMA(G, cfg.ema), opt_g, opt_d)
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """The random stream of one training step: a pure function of (seed, step, stream), so a run
+    resumed at any step, under any number of processes, draws what an uninterrupted run draws."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7919 + stream)
+
+
+def step_noise(G: Generator, cfg: GANConfig, step: int, ctx: dist_.Context = dist_.SINGLE):
+    """(y, z1, z2) of this rank's part of the global batch of ``step``: the global batch is drawn
+    identically on every rank and each rank takes its contiguous slice."""
+    gen = step_generator(cfg.seed, step)
+    B = cfg.batch_size
+    y = (torch.rand(B, generator=gen) < 0.5).long()
+    z1 = G.sample_z1(B, gen)
+    z2 = G.sample_code(y, gen)
+    b = dist_.per_rank_batch(B, ctx)
+    sl = slice(ctx.rank * b, (ctx.rank + 1) * b)
+    return y[sl], z1[sl], z2[sl]
 
 
 def lambda_at(cfg: GANConfig, step: int) -> float:
@@ -59,26 +78,27 @@ def lambda_at(cfg: GANConfig, step: int) -> float:
     return cfg.lam * min(1.0, step / cfg.lam_warmup)
 
 
-def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier, cfg: GANConfig) -> dict:
-    """One D step and one G step. ``real`` [B,C,H,W] in [-1,1] on the training device."""
-    G, D, gen = state.G, state.D, state.gen
+def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier, cfg: GANConfig,
+               ctx: dist_.Context = dist_.SINGLE, G_run=None, D_run=None) -> dict:
+    """One D step and one G step. ``real`` [b,C,H,W] in [-1,1] on the training device: this
+    rank's share of the global batch. ``G_run``/``D_run``: the DDP-wrapped modules when distributed."""
+    G, D = state.G, state.D
+    G_run, D_run = G_run or G, D_run or D
     device = real.device
-    b = real.shape[0]
-    aug = (lambda x: random_translate(x, 0.125, gen)) if cfg.diff_augment else (lambda x: x)
+    aug_gen = step_generator(cfg.seed, state.step, stream=1 + ctx.rank)
+    aug = (lambda x: random_translate(x, 0.125, aug_gen)) if cfg.diff_augment else (lambda x: x)
 
-    y = (torch.rand(b, generator=gen) < 0.5).long()
-    z1 = G.sample_z1(b, gen).to(device)
-    z2 = G.sample_code(y, gen).to(device)
-    y = y.to(device)
+    y, z1, z2 = step_noise(G, cfg, state.step, ctx)
+    y, z1, z2 = y.to(device), z1.to(device), z2.to(device)
 
     # One G forward serves both steps: D sees it detached, G's step backpropagates through it.
-    fake = G(z1, z2)
+    fake = G_run(z1, z2)
 
     # --- D: real vs fake (non-saturating logistic loss) ----------------------------------
     real_in = aug(real)
     if cfg.r1_gamma > 0:
         real_in = real_in.detach().requires_grad_(True)
-    d_real, d_fake = D(real_in), D(aug(fake.detach()))
+    d_real, d_fake = D_run(real_in), D_run(aug(fake.detach()))
     loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
     r1 = torch.zeros((), device=device)
     if cfg.r1_gamma > 0:
@@ -90,7 +110,13 @@ def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier
     state.opt_d.step()
 
     # --- G: fool D + be recognised by the frozen C as class y (Eq. 4) ---------------------
-    loss_adv = F.softplus(-D(aug(fake))).mean()
+    # D's weights need no gradient here (and, under DDP, must not trigger its all-reduce): the
+    # plain module is used with its parameters frozen for this step.
+    D.requires_grad_(False)
+    try:
+        loss_adv = F.softplus(-D(aug(fake))).mean()
+    finally:
+        D.requires_grad_(True)
     loss_cls = positive_class_loss(classifier, fake, y)
     lam = lambda_at(cfg, state.step)
     loss_g = loss_adv + lam * loss_cls
@@ -112,7 +138,7 @@ def state_dict(state: GANState) -> dict:
         "G": ckpt.clean_state_dict(state.G), "D": ckpt.clean_state_dict(state.D),
         "G_ema": ckpt.clean_state_dict(state.ema.model),
         "opt_g": state.opt_g.state_dict(), "opt_d": state.opt_d.state_dict(),
-        "gen": state.gen.get_state(), "torch_rng": torch.get_rng_state(), "step": state.step,
+        "torch_rng": torch.get_rng_state(), "step": state.step,
     }
 
 
@@ -122,7 +148,6 @@ def load_state_dict(state: GANState, sd: dict) -> None:
     state.ema.model.load_state_dict(sd["G_ema"])
     state.opt_g.load_state_dict(sd["opt_g"])
     state.opt_d.load_state_dict(sd["opt_d"])
-    state.gen.set_state(sd["gen"])
     torch.set_rng_state(sd["torch_rng"])
     state.step = int(sd["step"])
 
@@ -146,22 +171,34 @@ def load_checkpoint(state: GANState, out: Path) -> None:
 
 
 def train_gan(cfg: GANConfig, images: torch.Tensor, classifier: BinaryClassifier, out_dir=None, resume: bool = False,
-              device="cpu", progress: bool = True, on_sample=None) -> tuple[Generator, list[dict]]:
+              device="cpu", progress: bool = True, on_sample=None,
+              ctx: dist_.Context = dist_.SINGLE) -> tuple[Generator, list[dict]]:
     """Train medXGAN on real ``images`` [N,C,H,W] in [-1,1] (both classes) with the frozen ``classifier``.
 
-    With ``out_dir``: ``stats.jsonl``, checkpoints every ``cfg.checkpoint_every`` steps (and at the
-    end, and on Ctrl-C), ``on_sample(G_ema, step)`` every ``cfg.sample_every`` steps.
+    Images are visited epoch by epoch in a shuffled order seeded by (cfg.seed, epoch); under
+    torchrun (``ctx`` from :func:`medxgan.distributed.init`) each process takes a disjoint shard
+    of every epoch and ``cfg.batch_size`` is the global batch. With ``out_dir``: ``stats.jsonl``,
+    checkpoints every ``cfg.checkpoint_every`` steps (and at the end, and on Ctrl-C),
+    ``on_sample(G_ema, step)`` every ``cfg.sample_every`` steps — all written by rank 0 only.
     Returns (EMA generator in eval mode, stats records).
     """
     if len(images) < 2:
         raise MedxganError("need at least two training images to train the GAN")
     _, channels, size, _ = images.shape
+    b = dist_.per_rank_batch(cfg.batch_size, ctx)
+    steps_per_epoch = (len(images) // ctx.world_size) // b
+    if steps_per_epoch < 1:
+        raise MedxganError(f"{len(images)} training images are fewer than one batch (gan.batch_size={cfg.batch_size}); "
+                           "lower gan.batch_size")
     classifier = classifier.to(device).frozen()
     state = init_state(cfg, size, channels, device)
     out = Path(out_dir) if out_dir is not None else None
+    main = ctx.is_main
     stats: list[dict] = []
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+        dist_.barrier(ctx)
         stats_path = out / "stats.jsonl"
         if resume:
             load_checkpoint(state, out)
@@ -170,7 +207,13 @@ def train_gan(cfg: GANConfig, images: torch.Tensor, classifier: BinaryClassifier
                 stats = [s for s in stats if s["step"] <= state.step]
         elif (out / ckpt.TRAIN_STATE_FILE).exists():
             raise MedxganError(f"{out}: already holds a training run; pass --resume to continue it or choose another --out")
-        stats_path.write_text("".join(json.dumps(s) + "\n" for s in stats))
+        dist_.barrier(ctx)
+        if main:
+            stats_path.write_text("".join(json.dumps(s) + "\n" for s in stats))
+    G_run = dist_.wrap(state.G, ctx, str(device))
+    D_run = dist_.wrap(state.D, ctx, str(device))
+    if ctx.distributed:  # on CUDA the wrapped modules hold SyncBatchNorm layers (same parameters)
+        state.G, state.D = G_run.module, D_run.module
 
     interrupted = {"flag": False}
 
@@ -183,31 +226,44 @@ def train_gan(cfg: GANConfig, images: torch.Tensor, classifier: BinaryClassifier
     except ValueError:  # not in the main thread
         pass
     log_every = max(1, min(50, cfg.steps // 20))
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="medXGAN", disable=not progress, unit="step")
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="medXGAN", disable=not (progress and main), unit="step")
+    shard_epoch, shard = -1, []
     try:
-        while state.step < cfg.steps and not interrupted["flag"]:
-            idx = torch.randint(0, len(images), (cfg.batch_size,), generator=state.gen)
-            losses = train_step(state, images[idx].to(device), classifier, cfg)
+        while state.step < cfg.steps:
+            if dist_.any_across(interrupted["flag"], ctx):
+                interrupted["flag"] = True
+                break
+            epoch, k = divmod(state.step, steps_per_epoch)
+            if epoch != shard_epoch:
+                shard_epoch, shard = epoch, torch.tensor(dist_.epoch_shard(len(images), epoch, cfg.seed, ctx))
+            idx = shard[k * b:(k + 1) * b]
+            losses = train_step(state, images[idx].to(device), classifier, cfg, ctx, G_run, D_run)
             if not all(torch.isfinite(torch.tensor(v)) for v in losses.values()):
                 raise MedxganError(f"GAN training diverged at step {state.step} (NaN loss); lower gan.lr_g/lr_d or gan.lam")
             bar.update(1)
+            at_checkpoint = out is not None and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps)
             if state.step % log_every == 0 or state.step == cfg.steps:
+                losses = dist_.mean_across(losses, ctx)
                 record = {"step": state.step, **{k: round(v, 5) for k, v in losses.items()}}
                 bar.set_postfix(d=record["loss_d"], g=record["loss_g_adv"], cls=record["loss_cls"])
-                if out is not None and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
+                if at_checkpoint and main:
                     state.ema.model.eval()
                     record["generated_accuracy"] = generated_accuracy(state.ema.model, classifier, n_z1=100, seed=1234, device=device)["accuracy"]
                 stats.append(record)
-                if out is not None:
+                if out is not None and main:
                     with open(stats_path, "a") as f:
                         f.write(json.dumps(record) + "\n")
-            if out is not None and on_sample is not None and (state.step % cfg.sample_every == 0 or state.step == cfg.steps):
+            if main and out is not None and on_sample is not None and (state.step % cfg.sample_every == 0 or state.step == cfg.steps):
                 on_sample(state.ema.model.eval(), state.step)
-            if out is not None and (state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps):
-                save_checkpoint(state, out, cfg, size, channels)
+            if at_checkpoint:
+                dist_.sync_buffers(ctx, state.G, state.D, state.ema.model)
+                if main:
+                    save_checkpoint(state, out, cfg, size, channels)
+                dist_.barrier(ctx)
         if interrupted["flag"]:
-            if out is not None:
+            if out is not None and main:
                 save_checkpoint(state, out, cfg, size, channels)
+            dist_.barrier(ctx)
             raise MedxganError(f"interrupted at step {state.step}" + (f"; checkpoint saved, continue with --resume" if out else ""))
     finally:
         bar.close()
