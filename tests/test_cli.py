@@ -203,3 +203,21 @@ def test_more_bad_inputs_are_one_line(tmp_path):
     assert_one_line_error(rc, err, "no images")
     rc, _, err = run_cli("train-classifier", "--data", root, "--out", tmp_path / "r4", "--window", "40,0")
     assert_one_line_error(rc, err, "window")
+
+
+def test_train_encoder_and_explain_with_it(tmp_path, demo_run):
+    out, _ = demo_run
+    model = tmp_path / "model"
+    shutil.copytree(out / "medxgan", model)
+    rc, _, err = run_cli("explain", "--model", model, "--data", out / "phantoms", "--n", "1", "--out", tmp_path / "e0", "--encoder")
+    assert_one_line_error(rc, err, "train-encoder")
+    rc, so, err = run_cli("train-encoder", "--model", model, "--data", out / "phantoms", "--steps", "20", "--no-progress")
+    assert rc == 0, err
+    assert (model / "encoder.safetensors").exists() and "SSIM" in so
+    rc, so, err = run_cli("explain", "--model", model, "--data", out / "phantoms", "--n", "2", "--out", tmp_path / "e1", "--encoder",
+                          "--steps", "20", "--lig-steps", "4", "--methods", "difference,lig", "--no-progress")
+    assert rc == 0, err
+    info = json.loads((tmp_path / "e1" / "summary.json").read_text())["model_info"]
+    assert info["inversion"].startswith("encoder start")
+    rc, _, err = run_cli("train-encoder", "--model", model, "--data", out / "phantoms", "--set", "gan.lr_g=1")
+    assert_one_line_error(rc, err, "encoder.")

@@ -218,6 +218,46 @@ def load_generator(path):
     return g.eval(), meta
 
 
+def fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's tensors (names, shapes, bytes): which exact weights a file belongs to."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, t in sorted(clean_state_dict(module).items()):
+        h.update(k.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_encoder(path, encoder, cfg, generator, generator_meta: dict, extra: dict | None = None) -> None:
+    """An encoder for ``generator`` (recorded by its size, channels, GAN config and weight fingerprint)."""
+    meta = {"encoder": _asdict(cfg), "z1_dim": encoder.z1_dim, "code_dim": encoder.code_dim,
+            "size": generator_meta["size"], "channels": generator_meta["channels"], "gan": generator_meta["gan"],
+            "generator_fingerprint": fingerprint(generator), **(extra or {})}
+    save_model(path, encoder, "encoder", meta)
+
+
+def load_encoder(path, generator=None, generator_meta: dict | None = None):
+    """(encoder in eval mode, metadata). With ``generator`` (and its metadata), refuses an encoder
+    that was trained for other generator weights."""
+    from medxgan.encoder import Encoder, EncoderConfig
+
+    meta = read_metadata(path)
+    if meta["kind"] != "encoder":
+        raise MedxganError(f"{path}: is a medxgan {meta['kind']} file, not an encoder")
+    if generator_meta is not None and (meta["size"], meta["channels"], meta["gan"]) != (
+            generator_meta["size"], generator_meta["channels"], generator_meta["gan"]):
+        raise MedxganError(f"{path}: this encoder was trained for a different generator (size, channels or GAN config differ)")
+    if generator is not None and meta.get("generator_fingerprint") != fingerprint(generator):
+        raise MedxganError(f"{path}: this encoder was trained for other generator weights (the generator was retrained?); "
+                           "run `medxgan train-encoder` again")
+    cfg = from_dict(EncoderConfig, meta["encoder"])
+    e = Encoder(meta["z1_dim"], meta["code_dim"], meta["size"], meta["channels"], cfg.nef)
+    load_weights_into(path, e)
+    return e.eval().requires_grad_(False), meta
+
+
 def load_medxgan(run_dir):
     """Load (generator, classifier, generator metadata) from a trained medXGAN run directory,
     checking that both were built for the same image size and channels."""

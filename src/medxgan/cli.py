@@ -274,6 +274,48 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_train_encoder(args) -> int:
+    from medxgan import checkpoint as ckpt
+    from medxgan.config import DataConfig, from_dict
+    from medxgan.device import resolve_device
+    from medxgan.encoder import ENCODER_FILE, EncoderConfig, encode, train_encoder
+    from medxgan.inversion import image_quality
+
+    run = Path(args.model)
+    G, C, gmeta = ckpt.load_medxgan(run)
+    saved = _read_json(run / "config.json", "run config")
+    enc_dict = saved.get("encoder", {}) if isinstance(saved.get("encoder"), dict) else {}
+    ecfg = from_dict(EncoderConfig, enc_dict)
+    for item in args.set or []:
+        if not item.startswith("encoder."):
+            raise MedxganError(f"--set {item}: train-encoder only takes encoder.* settings (encoder.lr, encoder.nef, ...)")
+        key, _, value = item[len("encoder."):].partition("=")
+        ecfg = from_dict(EncoderConfig, {**dataclasses.asdict(ecfg), key: value})
+    if args.steps is not None:
+        ecfg = dataclasses.replace(ecfg, steps=args.steps)
+    dcfg = from_dict(DataConfig, saved.get("data", {}))
+    split_file = run / "split.json"
+    split_file = split_file if split_file.exists() and not str(args.data).endswith(".npz") else None
+    splits = load_splits(args.data, dcfg, None, split_file=split_file, progress=not args.no_progress, **_mask_kwargs(args))
+    device = resolve_device(args.device)
+    real = splits["train"].images
+    if real.shape[1:] != (gmeta["channels"], gmeta["size"], gmeta["size"]):
+        raise MedxganError(f"{args.data}: images are {tuple(real.shape[1:])}, the model expects "
+                           f"{(gmeta['channels'], gmeta['size'], gmeta['size'])}")
+    t = time.time()
+    E, history = train_encoder(ecfg, G, real, device=device, progress=not args.no_progress)
+    G = G.to(device)
+    held = splits["val"].images[:256]
+    z1, z2 = encode(E, held)
+    _, psnr, ssim = image_quality(G(z1, z2).detach(), held.to(device))
+    ckpt.save_encoder(run / ENCODER_FILE, E.cpu(), ecfg, G.cpu(), gmeta,
+                      extra={"val_ssim": float(ssim.mean()), "val_psnr": float(psnr.mean()), "history": history[-1:]})
+    print(f"encoder: {ecfg.steps} steps in {time.time() - t:.0f}s; G(E(x)) on {len(held)} validation images: "
+          f"SSIM {float(ssim.mean()):.3f}, PSNR {float(psnr.mean()):.1f} dB (before any refinement)")
+    print(f"saved {run / ENCODER_FILE}; use it with `medxgan explain --encoder`")
+    return 0
+
+
 def _collect_images(inputs: list[str]) -> list[Path]:
     from medxgan.data import _is_image
 
@@ -372,7 +414,21 @@ def cmd_explain(args) -> int:
         raise MedxganError("input images contain NaN or Inf")
     out = _prepare_out(Path(args.out)) if main else Path(args.out)
     G, C = G.to(device), C.to(device)
-    inversion = InversionConfig.paper() if args.paper_inversion else InversionConfig(steps=args.steps, restarts=args.restarts, seed=args.seed)
+    from medxgan.encoder import ENCODER_FILE, encode
+
+    E = None
+    if args.encoder and args.paper_inversion:
+        raise MedxganError("--encoder and --paper-inversion exclude each other (the paper starts from random latents)")
+    if args.encoder and not (Path(args.model) / ENCODER_FILE).exists():
+        raise MedxganError(f"{args.model}: no {ENCODER_FILE}; train one with `medxgan train-encoder --model {args.model} --data DIR`")
+    if args.encoder:
+        E, _ = ckpt.load_encoder(Path(args.model) / ENCODER_FILE, G.cpu(), gmeta)
+        E = E.to(device)
+        G = G.to(device)
+    # With an encoder the inversion starts near the answer (hybrid): fewer steps and one start suffice.
+    steps = args.steps if args.steps is not None else (200 if E is not None else 600)
+    restarts = args.restarts if args.restarts is not None else (1 if E is not None else 4)
+    inversion = InversionConfig.paper() if args.paper_inversion else InversionConfig(steps=steps, restarts=restarts, seed=args.seed)
     explanations = []
     from tqdm.auto import tqdm
 
@@ -381,16 +437,18 @@ def cmd_explain(args) -> int:
     mine = dist_.block(len(images), ctx)
     for start in tqdm(range(mine.start, mine.stop, args.batch_size), desc="explain", unit="batch", disable=not progress):
         sl = slice(start, min(start + args.batch_size, mine.stop))
+        init = encode(E, images[sl]) if E is not None else None
         explanations += explain_images(G, C, images[sl], methods=methods, inversion=inversion, n_frames=args.frames,
                                        lig_steps=args.lig_steps, target=args.target, names=names[sl],
-                                       masks=masks[sl] if masks is not None else None, first_index=start)
+                                       masks=masks[sl] if masks is not None else None, first_index=start, init=init)
     parts = dist_.gather_to_main(explanations, ctx)
     if not main:
         return 0
     explanations = [e for part in parts for e in part]
     info = {"model": str(args.model), "classifier": gmeta.get("classifier_arch", "see classifier.safetensors"),
             "gan code": gmeta["gan"]["code"], "image size": f"{gmeta['channels']}x{gmeta['size']}x{gmeta['size']}",
-            "inversion": "paper protocol (Adam, 10,000 steps)" if args.paper_inversion else f"{inversion.steps} steps x {inversion.restarts} restarts",
+            "inversion": "paper protocol (Adam, 10,000 steps)" if args.paper_inversion else
+            f"{'encoder start + ' if E is not None else ''}{inversion.steps} steps x {inversion.restarts} start(s)",
             "target": args.target}
     report = write_explanations(explanations, out, title=args.title, model_info=info)
     ssim = sum(e.quality["ssim"] for e in explanations) / len(explanations)
@@ -444,11 +502,11 @@ def cmd_info(args) -> int:
 
 DEMO_PRESETS = {
     # name: (phantoms n, size, classifier overrides, gan overrides)
-    # 32 px: a GAN step costs a quarter of a 64 px one on a CPU, so the demo affords the ~3000 steps
-    # the classifier term needs (1800 steps at 64 px reached a generated accuracy of only 0.88-0.92).
-    "full": (4000, 32, ["classifier.epochs=12", "classifier.width=24", "classifier.lr=3e-3"],
-             ["gan.steps=3000", "gan.lam=3", "gan.lam_start=500", "gan.lam_warmup=300", "gan.ema_start=300",
-              "gan.checkpoint_every=500", "gan.sample_every=500"]),
+    # 64 px, sized to the 15-minute budget on 2 cores. The GAN has a pure-GAN phase (anatomy first),
+    # then lambda ramps to 3; a short EMA horizon (0.99) follows the classifier term closely.
+    "full": (4000, 64, ["classifier.epochs=16", "classifier.width=24", "classifier.lr=3e-3"],
+             ["gan.steps=1850", "gan.batch_size=24", "gan.lam=3", "gan.lam_start=300", "gan.lam_warmup=200",
+              "gan.ema=0.99", "gan.ema_start=300", "gan.checkpoint_every=400", "gan.sample_every=400"]),
     "quick": (240, 32, ["classifier.epochs=4", "classifier.width=8", "classifier.depth=3", "classifier.batch_size=32"],
               ["gan.steps=60", "gan.ngf=8", "gan.ndf=8", "gan.z1_dim=16", "gan.z2_dim=4", "gan.batch_size=16",
                "gan.lam_start=20", "gan.lam_warmup=20", "gan.ema_start=10", "gan.checkpoint_every=30", "gan.sample_every=30"]),
@@ -550,6 +608,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("train-encoder", help="train an encoder x -> (z1, z2) for fast (hybrid) inversion; saved in the model run")
+    p.add_argument("--model", required=True, help="medXGAN run directory (from `medxgan train`)")
+    p.add_argument("--data", required=True, help="the data the GAN was trained on (its training split is used)")
+    p.add_argument("--steps", type=int, help="training steps (default 1500)")
+    _add_common(p)
+    p.set_defaults(func=cmd_train_encoder)
+
     p = sub.add_parser("demo", help="phantoms -> classifier -> medXGAN on the embedded data")
     p.add_argument("--out", default="demo-out")
     p.add_argument("--quick", action="store_true", help="tiny sizes (for tests): under 2 minutes")
@@ -569,8 +634,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="difference,lig,gradcam,ig,ig_negative", help="comma-separated; see --list-methods")
     p.add_argument("--list-methods", action="store_true", help="list the registered explainers and exit")
     p.add_argument("--target", default="logit", choices=("logit", "probability"), help="score explained: positive log-odds or P(positive)")
-    p.add_argument("--steps", type=int, default=600, help="inversion step cap per image")
-    p.add_argument("--restarts", type=int, default=4, help="random restarts per image (best kept)")
+    p.add_argument("--steps", type=int, help="inversion step cap per image (default 200 with an encoder, else 600)")
+    p.add_argument("--restarts", type=int, help="starts per image, best kept (default 1 with an encoder, else 4 random)")
+    p.add_argument("--encoder", action="store_true",
+                   help="start the inversion from the run's encoder (train-encoder): much faster, see docs/RESULTS.md for its current quality")
     p.add_argument("--paper-inversion", action="store_true", help="the paper's protocol: Adam lr 0.01, 10,000 steps, one random start")
     p.add_argument("--frames", type=int, default=11, help="frames of the latent interpolation")
     p.add_argument("--lig-steps", type=int, default=32)

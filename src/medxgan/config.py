@@ -104,6 +104,7 @@ class GANConfig:
     diff_augment: bool = True  # random translation of real and fake before D (small data)
     d_norm: str = "batch"  # normalisation in D: batch (DCGAN; fastest to anatomy here) | spectral | none
     g_norm: str = "batch"  # normalisation in G (medxgan arch): batch | none
+    bf16: bool = False  # bf16 autocast for the forward passes on CUDA (ignored on other devices)
     checkpoint_every: int = 500
     sample_every: int = 250
     seed: int = 0

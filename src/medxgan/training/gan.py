@@ -90,15 +90,20 @@ def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier
 
     y, z1, z2 = step_noise(G, cfg, state.step, ctx)
     y, z1, z2 = y.to(device), z1.to(device), z2.to(device)
+    # Optional bf16 autocast on CUDA: forward passes in bf16, losses and optimiser state in fp32.
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bool(cfg.bf16 and device.type == "cuda"))
 
     # One G forward serves both steps: D sees it detached, G's step backpropagates through it.
-    fake = G_run(z1, z2)
+    with amp:
+        fake = G_run(z1, z2)
 
     # --- D: real vs fake (non-saturating logistic loss) ----------------------------------
     real_in = aug(real)
     if cfg.r1_gamma > 0:
         real_in = real_in.detach().requires_grad_(True)
-    d_real, d_fake = D_run(real_in), D_run(aug(fake.detach()))
+    with amp:
+        d_real, d_fake = D_run(real_in), D_run(aug(fake.detach()))
+    d_real, d_fake = d_real.float(), d_fake.float()
     loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
     r1 = torch.zeros((), device=device)
     if cfg.r1_gamma > 0:
@@ -114,10 +119,13 @@ def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier
     # plain module is used with its parameters frozen for this step.
     D.requires_grad_(False)
     try:
-        loss_adv = F.softplus(-D(aug(fake))).mean()
+        with amp:
+            d_gen = D(aug(fake))
+        loss_adv = F.softplus(-d_gen.float()).mean()
     finally:
         D.requires_grad_(True)
-    loss_cls = positive_class_loss(classifier, fake, y)
+    with amp:
+        loss_cls = positive_class_loss(classifier, fake, y).float()
     lam = lambda_at(cfg, state.step)
     loss_g = loss_adv + lam * loss_cls
     state.opt_g.zero_grad(set_to_none=True)
