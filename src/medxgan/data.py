@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from medxgan.errors import MedxganError
-from medxgan.medical import MEDICAL_EXTENSIONS, is_dicom, is_nifti, strip_extension
+from medxgan.medical import MEDICAL_EXTENSIONS, as_channels, is_dicom, is_nifti, strip_extension
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -313,10 +313,7 @@ def _pil_to_float(im, path: Path, channels: int) -> np.ndarray:
             gray = np.asarray(rgb.convert("L")).astype(np.float32) / 255.0  # ITU-R 601 luminance
     if gray.ndim != 2:
         raise _fail(f"unsupported image layout {gray.shape} in {path}")
-    gray = gray[None]
-    if channels == 3:
-        gray = np.repeat(gray, 3, axis=0)
-    return np.ascontiguousarray(gray, dtype=np.float32)
+    return as_channels(gray, channels)
 
 
 def _minmax(a: np.ndarray) -> np.ndarray:

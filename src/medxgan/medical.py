@@ -55,6 +55,14 @@ def strip_extension(path) -> str:
     return Path(name).stem
 
 
+def as_channels(gray: np.ndarray, channels: int) -> np.ndarray:
+    """[H, W] float in [0, 1] -> contiguous float32 [channels, H, W] (gray replicated for RGB)."""
+    out = np.asarray(gray, dtype=np.float32)[None]
+    if channels == 3:
+        out = np.repeat(out, 3, axis=0)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 def _need(module: str):
     try:
         return __import__(module)
@@ -132,13 +140,9 @@ def read_dicom(path, channels: int = 1, frame: int = 0, window: tuple[float, flo
             gray = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
         if photometric == "MONOCHROME1":
             gray = 1.0 - gray
-    gray = np.asarray(gray, dtype=np.float32)
-    if gray.ndim != 2:
-        raise MedxganError(f"unsupported DICOM pixel layout {gray.shape} in {path}")
-    out = gray[None]
-    if channels == 3:
-        out = np.repeat(out, 3, axis=0)
-    return np.ascontiguousarray(out, dtype=np.float32)
+    if np.ndim(gray) != 2:
+        raise MedxganError(f"unsupported DICOM pixel layout {np.shape(gray)} in {path}")
+    return as_channels(gray, channels)
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,8 +202,7 @@ def read_nifti(path, channels: int = 1, axis: int = 2, index: int | None = None)
     lo, hi = volume_scale(vol)
     sl = volume_slice(vol, axis, index)
     gray = np.clip((sl - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros(sl.shape)
-    out = np.ascontiguousarray(gray, dtype=np.float32)[None]
-    return np.repeat(out, 3, axis=0) if channels == 3 else out
+    return as_channels(gray, channels)
 
 
 def read_nifti_mask(path, axis: int = 2, index: int | None = None) -> np.ndarray:
@@ -222,7 +225,4 @@ def nifti_slices(image_path, mask_path, axis: int = 2, channels: int = 1, min_le
         sl = volume_slice(vol, axis, k)
         m = volume_slice(mvol, axis, k) > 0
         gray = np.clip((sl - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros(sl.shape)
-        img = np.ascontiguousarray(gray, dtype=np.float32)[None]
-        if channels == 3:
-            img = np.repeat(img, 3, axis=0)
-        yield k, img, int(m.sum() >= min_lesion_voxels), m
+        yield k, as_channels(gray, channels), int(m.sum() >= min_lesion_voxels), m
