@@ -12,6 +12,7 @@ import torch
 from medxgan import distributed as dist_
 from medxgan.config import ClassifierConfig, GANConfig
 from medxgan.models.classifier import build_classifier
+from medxgan.phantoms import generate_phantoms
 from medxgan.training import gan as tg
 
 CFG = dict(z1_dim=8, z2_dim=4, ngf=4, ndf=4, batch_size=8, checkpoint_every=4, sample_every=1000, ema_start=1,
@@ -22,7 +23,8 @@ def main():
     out, steps, resume = Path(sys.argv[1]), int(sys.argv[2]), "--resume" in sys.argv
     torch.set_num_threads(1)
     ctx, device = dist_.init("cpu")
-    images = torch.rand(40, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ph = generate_phantoms(40, size=16, seed=0)  # a tiny phantom set
+    images = torch.from_numpy(ph.images).float().div(127.5).sub(1)[:, None]
     torch.manual_seed(1)
     clf = build_classifier(ClassifierConfig(width=4, depth=2), 16, 1)
     shards, states = [], []
