@@ -83,7 +83,8 @@ def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier
     """One D step and one G step. ``real`` [b,C,H,W] in [-1,1] on the training device: this
     rank's share of the global batch. ``G_run``/``D_run``: the DDP-wrapped modules when distributed."""
     G, D = state.G, state.D
-    G_run, D_run = G_run or G, D_run or D
+    G_run = G if G_run is None else G_run
+    D_run = D if D_run is None else D_run
     device = real.device
     aug_gen = step_generator(cfg.seed, state.step, stream=1 + ctx.rank)
     aug = (lambda x: random_translate(x, 0.125, aug_gen)) if cfg.diff_augment else (lambda x: x)
