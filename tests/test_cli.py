@@ -252,3 +252,54 @@ def test_train_encoder_and_explain_with_it(tmp_path, demo_run):
     assert info["inversion"].startswith("encoder start")
     rc, _, err = run_cli("train-encoder", "--model", model, "--data", out / "phantoms", "--set", "gan.lr_g=1")
     assert_one_line_error(rc, err, "encoder.")
+
+
+def _tiny_train_args(out, run, steps):
+    sets = [f"gan.steps={steps}", "gan.checkpoint_every=10", "gan.sample_every=100000", "gan.ngf=8", "gan.ndf=8",
+            "gan.batch_size=8", "gan.lam_start=5", "gan.lam_warmup=5", "gan.ema_start=3"]
+    return ["train", "--data", str(out / "phantoms"), "--classifier", str(out / "classifier"), "--out", str(run),
+            "--no-progress", "--device", "cpu", "--eval-z1", "10"] + [a for s in sets for a in ("--set", s)]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, demo_run):
+    """SIGINT (Ctrl-C) mid-training: exit code 130, one line, a checkpoint to resume from, and
+    nothing that looks like a finished run."""
+    import signal
+    import time
+
+    out, _ = demo_run
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "medxgan", *_tiny_train_args(out, run, 100000)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run / "train_state.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert lines[-1].startswith("medxgan: error: interrupted at step") and "--resume" in lines[-1], err
+    assert "Traceback" not in err
+    assert (run / "generator.safetensors").exists() and not (run / "metrics.json").exists()
+    state = torch.load(run / "train_state.pt", weights_only=True)
+    assert state["step"] > 0
+
+
+def test_malicious_train_state_is_refused_on_resume(tmp_path, demo_run):
+    """A pickle disguised as the training state of a run is never unpickled by --resume."""
+    out, _ = demo_run
+    run = tmp_path / "run"
+    rc, _, err = run_cli(*_tiny_train_args(out, run, 10))
+    assert rc == 0, err
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"step": Evil()}, run / "train_state.pt")
+    (run / "metrics.json").unlink()
+    rc, _, err = run_cli(*_tiny_train_args(out, run, 20), "--resume")
+    assert_one_line_error(rc, err, "cannot resume")
+    assert not marker.exists()
