@@ -199,3 +199,44 @@ def test_discriminator_norms(d_norm):
     D = build_discriminator(GANConfig(ndf=4, d_norm=d_norm), 32, 1)
     assert D(torch.zeros(2, 1, 32, 32)).shape == (2,)
     assert any(isinstance(m, nn.BatchNorm2d) for m in D.modules()) == (d_norm == "batch")
+
+
+def test_minibatch_std_feature_has_the_known_value():
+    """Groups are strided (image i joins group i % (B/g)); identical images give 0, and two images
+    at -1 and +1 give a standard deviation of 1 in every feature."""
+    from medxgan.models.gan import MinibatchStd
+
+    layer = MinibatchStd(group=2)
+    h = torch.zeros(4, 3, 2, 2)
+    h[1], h[3] = 5.0, 5.0  # group {1, 3}: identical; group {0, 2}: -1 / +1
+    h[0], h[2] = -1.0, 1.0
+    out = layer(h)
+    assert out.shape == (4, 4, 2, 2) and torch.equal(out[:, :3], h)
+    assert torch.allclose(out[[0, 2], 3], torch.ones(2, 2, 2), atol=1e-3)
+    assert torch.allclose(out[[1, 3], 3], torch.zeros(2, 2, 2), atol=1e-3)
+    # an odd batch uses the largest group size that divides it (here 1: no spread, all zero)
+    assert torch.allclose(MinibatchStd(4)(torch.randn(5, 2, 3, 3))[:, 2], torch.zeros(5, 3, 3), atol=1e-3)
+    D = build_discriminator(GANConfig(ndf=4, d_mbstd_group=4), 32, 1)
+    assert D(torch.zeros(6, 1, 32, 32)).shape == (6,)
+    with pytest.raises(MedxganError, match="d_mbstd_group"):
+        GANConfig(d_mbstd_group=0)
+
+
+def test_change_prior_pairs_codes_and_penalises_the_change():
+    """gan.change_l1 > 0: G's batch is (negative, positive) pairs sharing z1, and the step reports
+    the mean |G(z1, z2) - G(z1, 0)| it penalises."""
+    from medxgan.training.gan import step_noise
+
+    cfg = GANConfig(z1_dim=8, z2_dim=4, ngf=4, ndf=4, batch_size=8, change_l1=1.0, lam_start=0, lam_warmup=0)
+    G = build_generator(cfg, 16, 1)
+    y, z1, z2 = step_noise(G, cfg, step=3)
+    assert y.tolist() == [0, 1] * 4
+    assert torch.equal(z1[0::2], z1[1::2]) and not torch.equal(z1[0], z1[2])
+    assert torch.equal(z2[0::2], torch.zeros(4, 4)) and (z2[1::2] != 0).all()
+    clf = build_classifier(ClassifierConfig(width=4, depth=2), 16, 1).frozen()
+    state = init_state(cfg, 16, 1)
+    record = train_step(state, torch.rand(8, 1, 16, 16) * 2 - 1, clf, cfg)
+    assert record["change_l1"] > 0
+    assert train_step(init_state(TINY_GAN, 16, 1), torch.rand(8, 1, 16, 16) * 2 - 1, clf, TINY_GAN)["change_l1"] == 0
+    with pytest.raises(MedxganError, match="even"):
+        GANConfig(batch_size=7, change_l1=1.0)

@@ -101,9 +101,11 @@ class GANConfig:
     ema: float = 0.995  # EMA decay of G's weights (0 disables)
     ema_start: int = 200  # steps before EMA starts tracking
     r1_gamma: float = 0.0  # R1 penalty on real images (0 disables)
+    change_l1: float = 0.0  # weight of mean |G(z1, z2) - G(z1, neg)| (G's batch becomes negative/positive pairs); 0 = Eq. 4 as published
     diff_augment: bool = True  # random translation of real and fake before D (small data)
     d_norm: str = "batch"  # normalisation in D: batch (DCGAN; fastest to anatomy here) | spectral | none
     g_norm: str = "batch"  # normalisation in G (medxgan arch): batch | none
+    d_mbstd_group: int = 4  # minibatch-stddev feature in D over groups of this size (anti mode collapse); 1 = off
     bf16: bool = False  # bf16 autocast for the forward passes on CUDA (ignored on other devices)
     checkpoint_every: int = 500
     sample_every: int = 250
@@ -120,6 +122,12 @@ class GANConfig:
             raise MedxganError(f"gan.code must be continuous or discrete, got {self.code!r}")
         if min(self.z1_dim, self.z2_dim, self.ngf, self.ndf, self.steps, self.batch_size) < 1:
             raise MedxganError("gan dims, widths, steps and batch_size must be positive")
+        if self.change_l1 < 0:
+            raise MedxganError(f"gan.change_l1 must be >= 0, got {self.change_l1}")
+        if self.change_l1 > 0 and self.batch_size % 2:
+            raise MedxganError(f"gan.change_l1 pairs images: gan.batch_size must be even, got {self.batch_size}")
+        if self.d_mbstd_group < 1:
+            raise MedxganError(f"gan.d_mbstd_group must be >= 1 (1 = off), got {self.d_mbstd_group}")
         if not 0 <= self.ema < 1:
             raise MedxganError(f"gan.ema must be in [0, 1), got {self.ema}")
 

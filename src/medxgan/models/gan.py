@@ -152,6 +152,7 @@ class Discriminator(nn.Module):
                     layers.append(nn.BatchNorm2d(cout))
                 layers += [nn.LeakyReLU(0.2, inplace=True), nn.Dropout(0.5)]
             self.features = nn.Sequential(*layers)
+            self.mbstd = None  # the official layout, unchanged
             self.head = nn.Sequential(nn.Flatten(), sn(nn.Linear(512 * (size // 8) ** 2, 1)))
             return
         n_down = max(1, int(math.log2(size)) - 2)  # down to a 3..4 px map
@@ -165,10 +166,35 @@ class Discriminator(nn.Module):
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             cin, side = cout, side // 2
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Flatten(), sn(nn.Linear(cin * side * side, 1)))
+        self.mbstd = MinibatchStd(cfg.d_mbstd_group) if cfg.d_mbstd_group > 1 else None
+        extra = 1 if self.mbstd is not None else 0
+        self.head = nn.Sequential(nn.Flatten(), sn(nn.Linear((cin + extra) * side * side, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B,C,H,W] -> [B] realness logits
-        return self.head(self.features(x)).squeeze(1)
+        h = self.features(x)
+        if getattr(self, "mbstd", None) is not None:
+            h = self.mbstd(h)
+        return self.head(h).squeeze(1)
+
+
+class MinibatchStd(nn.Module):
+    """Appends the mean feature standard deviation over groups of ``group`` images as one more
+    channel (Karras et al. 2018, ProGAN). A generator that draws the same anatomy for every z1
+    gives a tell-tale low value, so D can punish mode collapse — which a plain D cannot see."""
+
+    def __init__(self, group: int):
+        super().__init__()
+        self.group = group
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # [B,C,H,W] -> [B,C+1,H,W]
+        b, c, hh, ww = h.shape
+        g = min(self.group, b)
+        while b % g:  # the largest group size <= self.group that divides the batch
+            g -= 1
+        std = h.float().reshape(g, b // g, c, hh, ww).var(dim=0, unbiased=False).add(1e-8).sqrt()
+        std = std.mean(dim=(1, 2, 3))  # [B/g] one number per group
+        std = std.repeat(g)[:, None, None, None].expand(b, 1, hh, ww).to(h.dtype)
+        return torch.cat([h, std], dim=1).squeeze(1)
 
 
 def build_generator(cfg: GANConfig, size: int, channels: int) -> Generator:

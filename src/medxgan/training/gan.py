@@ -3,10 +3,14 @@
     min_G max_D  E[log D(x)] + E[log(1 - D(G(z1, y)))]  -  lambda * E[log p_C(y | G(z1, y))]
 
 with the frozen classifier C in the loop. Stabilisers (recorded in the run's config): the
-non-saturating GAN loss, spectral norm in D, a DiffAugment-style translation seen by D on both
-real and fake images, an EMA copy of G (what we save and explain with) and a linear warm-up of
-lambda so that D shapes anatomy before the classifier term can pull G towards
-classifier-pleasing noise.
+non-saturating GAN loss, a BatchNorm (or spectral-norm) D with a minibatch-standard-deviation
+feature against mode collapse, a DiffAugment-style translation seen by D on both real and fake
+images, an EMA copy of G (what we save and explain with) and a linear warm-up of lambda so that D
+shapes anatomy before the classifier term can pull G towards classifier-pleasing noise.
+
+Optional (``gan.change_l1 > 0``, off by default so that Eq. 4 stays as published): G's batch is
+made of (negative, positive) pairs sharing z1 and the pixel change |G(z1, z2) - G(z1, 0)| is
+penalised, a prior that the pathology code changes as little of the anatomy as it can.
 """
 
 from __future__ import annotations
@@ -60,10 +64,18 @@ def step_noise(G: Generator, cfg: GANConfig, step: int, ctx: dist_.Context = dis
     identically on every rank and each rank takes its contiguous slice."""
     gen = step_generator(cfg.seed, step)
     B = cfg.batch_size
-    y = (torch.rand(B, generator=gen) < 0.5).long()
-    z1 = G.sample_z1(B, gen)
+    if cfg.change_l1 > 0:
+        # Pairs (negative, positive) sharing one z1, interleaved so that every rank's contiguous
+        # slice holds whole pairs: the change z2 makes to the same anatomy is then measurable.
+        y = torch.arange(B) % 2
+        z1 = G.sample_z1(B // 2, gen).repeat_interleave(2, dim=0)
+    else:
+        y = (torch.rand(B, generator=gen) < 0.5).long()
+        z1 = G.sample_z1(B, gen)
     z2 = G.sample_code(y, gen)
     b = dist_.per_rank_batch(B, ctx)
+    if cfg.change_l1 > 0 and b % 2:
+        raise MedxganError(f"gan.change_l1 pairs images: the per-process batch ({b}) must be even")
     sl = slice(ctx.rank * b, (ctx.rank + 1) * b)
     return y[sl], z1[sl], z2[sl]
 
@@ -129,6 +141,13 @@ def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier
         loss_cls = positive_class_loss(classifier, fake, y).float()
     lam = lambda_at(cfg, state.step)
     loss_g = loss_adv + lam * loss_cls
+    loss_change = torch.zeros((), device=device)
+    if cfg.change_l1 > 0:
+        # The pathology code should change the anatomy as little as it can: an L1 prior on the
+        # pixel change between the paired negative and positive renderings of each z1. It is
+        # weighted like the classifier term, so anatomy is learnt first.
+        loss_change = (fake[1::2].float() - fake[0::2].float()).abs().mean()
+        loss_g = loss_g + (lam / max(cfg.lam, 1e-12)) * cfg.change_l1 * loss_change
     state.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     state.opt_g.step()
@@ -138,6 +157,7 @@ def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier
     state.ema.update(G, decay)
     return {
         "loss_d": loss_d.item(), "loss_g_adv": loss_adv.item(), "loss_cls": loss_cls.item(), "lambda": lam,
+        "change_l1": loss_change.item(),
         "d_real": torch.sigmoid(d_real).mean().item(), "d_fake": torch.sigmoid(d_fake).mean().item(), "r1": r1.item(),
     }
 
