@@ -576,3 +576,34 @@ def test_rasterize_never_raises_anything_but_medxgan_error(regions, h, w):
         assert "\n" not in str(e)
     else:
         assert m.shape == (h, w) and m.dtype == bool
+
+
+def test_load_folder_cached_decodes_once(tmp_path, monkeypatch):
+    """A second load with the same files and settings is served from the tensor cache and equals
+    the first; touching a file invalidates it."""
+    import os
+
+    from PIL import Image
+
+    from medxgan import data as D
+
+    root = tmp_path / "ds"
+    for cls, n in (("positive", 3), ("negative", 2)):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray((np.random.default_rng(i + 7 * n).random((12, 12)) * 255).astype("uint8")).save(root / cls / f"{cls}{i}.png")
+    first = D.load_folder_cached(root, tmp_path / "cache", size=16, progress=False)
+    assert len(list((tmp_path / "cache").glob("images-*.pt"))) == 1
+    decoded = []
+    real = D._read_image
+    monkeypatch.setattr(D, "_read_image", lambda *a, **k: decoded.append(a[0]) or real(*a, **k))
+    second = D.load_folder_cached(root, tmp_path / "cache", size=16, progress=False)
+    assert decoded == []
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    assert second.names == first.names and torch.equal(second.has_mask, first.has_mask)
+    assert D.load_folder_cached(root, tmp_path / "cache", size=8, progress=False).images.shape[-1] == 8  # other settings
+    assert len(decoded) == 5
+    st = (root / "positive" / "positive0.png").stat()
+    os.utime(root / "positive" / "positive0.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    D.load_folder_cached(root, tmp_path / "cache", size=16, progress=False)
+    assert len(decoded) == 10

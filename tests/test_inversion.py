@@ -158,3 +158,24 @@ def test_image_quality_known_values():
     _, _, ssim = image_quality(rgb, rgb)
     assert torch.allclose(ssim, torch.ones(2))
     assert (image_quality(-rgb, rgb)[2] < 0.5).all()
+
+
+def test_trace_reports_best_latents_without_changing_the_result():
+    G, C = tiny_models()
+    _, _, x = generated_images(G, n=2)
+    cfg = InversionConfig(steps=12, restarts=2, patience=0, seed=3)
+    plain = invert(G, C, x, cfg, first_index=0)
+    seen = []
+    traced = invert(G, C, x, cfg, first_index=0, trace=lambda k, z1, z2: seen.append((k, z1, z2)), trace_every=5)
+    torch.testing.assert_close(traced.z1, plain.z1, rtol=0, atol=0)  # default behaviour unchanged
+    assert [k for k, _, _ in seen] == [5, 10]
+    assert seen[-1][1].shape == (2, G.z1_dim) and seen[-1][2].shape == (2, G.code_dim)
+    # the traced latents are the best so far: their loss never increases from one trace to the next
+    from medxgan.inversion import inversion_loss
+
+    with torch.no_grad():
+        p = C.positive_prob(x)
+        losses = [inversion_loss(G, C, z1, z2, x, p)[0] for _, z1, z2 in seen]
+    assert bool((losses[1] <= losses[0] + 1e-6).all())
+    with pytest.raises(MedxganError):
+        invert(G, C, x, cfg, trace=lambda *a: None, trace_every=0)

@@ -774,6 +774,60 @@ def load_folder(
     return LabeledImages(images, labels, mask_t, has_mask, names, skipped)
 
 
+CACHE_FORMAT_VERSION = 1
+
+
+def _tree_signature(paths) -> list:
+    """(relative path, size, mtime_ns) of every file under each of ``paths`` (files or folders)."""
+    sig = []
+    for base in paths:
+        base = Path(base)
+        files = [base] if base.is_file() else sorted(q for q in base.rglob("*") if q.is_file() and not q.name.startswith("."))
+        for q in files:
+            st = q.stat()
+            sig.append([q.relative_to(base).as_posix() if q != base else q.name, st.st_size, st.st_mtime_ns])
+    return sig
+
+
+def folder_fingerprint(root, **settings) -> str:
+    """Hash of the files under ``root`` (and of ``masks`` / ``via`` when given elsewhere): names,
+    sizes and modification times, plus the loader ``settings``. Any added, removed, replaced or
+    touched file, or any other setting, gives another fingerprint."""
+    import hashlib
+
+    extra = [settings[k] for k in ("masks", "via") if settings.get(k) is not None]
+    blob = json.dumps({"version": CACHE_FORMAT_VERSION, "files": _tree_signature([root, *extra]),
+                       "settings": {k: repr(v) for k, v in sorted(settings.items()) if k != "progress"}},
+                      separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+
+
+def load_folder_cached(root, cache_dir, **kw) -> LabeledImages:
+    """:func:`load_folder`, decoded once: the result is kept as a tensor file
+    ``cache_dir/<fingerprint>.pt`` (see :func:`folder_fingerprint`) and later calls with the same
+    files and settings load it instead of decoding every image again. The file holds only tensors,
+    strings and lists and is read with ``weights_only=True``; an unreadable cache file is rebuilt.
+    """
+    from medxgan.checkpoint import atomic_write
+
+    cache = Path(cache_dir) / f"images-{folder_fingerprint(root, **kw)}.pt"
+    if cache.is_file():
+        try:
+            d = torch.load(cache, weights_only=True)
+            return LabeledImages(d["images"], d["labels"], d["masks"], d["has_mask"], list(d["names"]), list(d["skipped"]))
+        except Exception:  # a damaged or foreign file: decode again and replace it
+            pass
+    data = load_folder(root, **kw)
+    record = {"images": data.images, "labels": data.labels, "masks": data.masks, "has_mask": data.has_mask,
+              "names": list(data.names), "skipped": list(data.skipped)}
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(cache, lambda tmp: torch.save(record, tmp))
+    except OSError as e:
+        warnings.warn(f"could not write the image cache {cache}: {e}")
+    return data
+
+
 # --------------------------------------------------------------------------------------------
 # NIfTI volumes: every slice, labelled by a lesion-mask volume
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -194,7 +195,8 @@ def image_quality(reconstruction: torch.Tensor, image: torch.Tensor) -> tuple[to
 
 
 def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init=None,
-           progress: bool = False, first_index: int | None = None) -> InversionResult:
+           progress: bool = False, first_index: int | None = None,
+           trace: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None, trace_every: int = 100) -> InversionResult:
     """Eq. 5: find latent codes (z1, z2) with G(z1, z2) ≈ x and P_C(G(z1, z2)) ≈ P_C(x).
 
     Args:
@@ -207,6 +209,11 @@ def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init
         first_index: the index of ``x[0]`` in a larger job: random starts are then drawn per image
             from (cfg.seed, first_index + j), so an image's result does not depend on how the job
             was cut into batches or shared between processes. None: one stream for the batch.
+        trace: optional ``trace(steps_done, z1 [B,z1_dim], z2 [B,code_dim])`` called after every
+            ``trace_every`` steps with each image's best latents so far (lowest loss over its
+            restarts), e.g. to record an SSIM-versus-time trajectory (``bench/inversion.py``). It
+            runs inside the optimisation loop (its time counts in a wall-clock measurement unless
+            the caller subtracts it) and is not called after every row has stopped early.
 
     Returns:
         :class:`InversionResult` of the lowest-loss restart of every image. G and C are used in
@@ -214,6 +221,8 @@ def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init
     """
     if x.ndim != 4:
         raise MedxganError(f"invert expects images [B,C,H,W], got shape {tuple(x.shape)}")
+    if trace_every < 1:
+        raise MedxganError(f"trace_every must be positive, got {trace_every}")
     device = x.device
     n_images, R = x.shape[0], cfg.restarts
     rows = n_images * R
@@ -263,6 +272,9 @@ def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init
                 if cfg.patience:
                     active[idx[stale[idx] >= cfg.patience]] = False
                 curve.append(last_loss.clone())
+                if trace is not None and (step + 1) % trace_every == 0:
+                    keep = best_loss.view(n_images, R).argmin(1) + torch.arange(n_images, device=device) * R
+                    trace(step + 1, best_z[keep, :d1].clone(), best_z[keep, d1:].clone())
 
         with torch.no_grad():
             keep = best_loss.view(n_images, R).argmin(1) + torch.arange(n_images, device=device) * R

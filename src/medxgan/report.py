@@ -10,6 +10,12 @@ raw material behind it::
     out_dir/images/<name>_interpolation.gif  animated negative -> positive interpolation
     out_dir/raw/<name>.npz                   every raw array
     out_dir/json/<name>.json                 probabilities, quality, completeness, frame curve
+    out_dir/sections/<name>.html             the image's detailed panel (an HTML fragment of the page)
+
+For long jobs (``medxgan explain`` over thousands of images) the per-image files are written as
+each batch finishes (:func:`write_image_outputs`, which returns a small summary row) and the page
+is assembled at the end from the rows (:func:`write_report`): every image is listed in the summary
+table, detailed panels are inlined for the first N only, so the page stays a few MB.
 
 Every file is written to a temporary name and renamed into place; ``report.html`` is removed first
 and written last, so a directory holding a ``report.html`` holds a complete, consistent report.
@@ -31,7 +37,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
-__all__ = ["write_explanations", "render_html"]
+__all__ = ["write_explanations", "render_html", "write_image_outputs", "write_report", "read_image_row", "safe_names"]
 
 ROBUST_PERCENTILE = 99.5
 #: maps whose values are attributions of the same classifier output (same units): one colour scale
@@ -632,27 +638,43 @@ def _section(p: _Prepared, i: int, links: bool, cbar_uri: str) -> str:
     return "".join(out)
 
 
-def _render(prepared: list[_Prepared], title: str, model_info: dict | None, links: bool) -> str:
+def _colour_bar_uri() -> str:
     lut = _colormap_lut()
-    cbar = np.repeat(lut[None, :, :], 12, axis=0).astype(np.uint8)
-    cbar_uri = _data_uri(_png(cbar))
+    return _data_uri(_png(np.repeat(lut[None, :, :], 12, axis=0).astype(np.uint8)))
 
-    rows = []
-    for i, p in enumerate(prepared, 1):
-        r = p.row()
-        rows.append(
-            f'<tr class="summary-row" data-name="{_E(p.name)}"><td class="num">{i}</td>'
-            f'<td><a href="#img-{p.safe}">{_E(p.name)}</a></td>'
-            f'<td class="num">{_fmt(r["prob_image"])}</td><td class="num">{_fmt(r["prob_reconstruction"])}</td>'
-            f'<td class="num">{_fmt(r["prob_negative"])}</td><td class="num">{_fmt(r["ssim"])}</td>'
-            f'<td class="num">{_fmt(r["psnr"], ".2f")}</td><td>{_badge(p.monotone)}</td>'
-            f'<td>{"yes" if p.has_mask else ""}</td></tr>')
+
+def _render(prepared: list[_Prepared], title: str, model_info: dict | None, links: bool) -> str:
+    cbar_uri = _colour_bar_uri()
+    sections = [_section(p, i, links, cbar_uri) for i, p in enumerate(prepared, 1)]
+    return _render_page([p.row() for p in prepared], sections, title, model_info)
+
+
+def _render_page(rows: list[dict], sections: list[str], title: str, model_info: dict | None,
+                 note: str = "") -> str:
+    """The page: summary table of every row in ``rows`` (``_Prepared.row()`` dicts), then the
+    detailed ``sections`` (HTML fragments) of the first ``len(sections)`` rows. Rows without a
+    section link to their per-image JSON file instead of an anchor."""
+    table_rows = []
+    for i, r in enumerate(rows, 1):
+        name, safe = str(r.get("name", "")), str(r.get("safe_name", ""))
+        href = f"#img-{safe}" if i <= len(sections) else r.get("json", f"json/{quote(safe)}.json")
+        monotone = r.get("monotone")
+        table_rows.append(
+            f'<tr class="summary-row" data-name="{_E(name)}"><td class="num">{i}</td>'
+            f'<td><a href="{_E(href)}">{_E(name)}</a></td>'
+            f'<td class="num">{_fmt(r.get("prob_image"))}</td><td class="num">{_fmt(r.get("prob_reconstruction"))}</td>'
+            f'<td class="num">{_fmt(r.get("prob_negative"))}</td><td class="num">{_fmt(r.get("ssim"))}</td>'
+            f'<td class="num">{_fmt(r.get("psnr"), ".2f")}</td><td>{_badge(None if monotone is None else bool(monotone))}</td>'
+            f'<td>{"yes" if r.get("has_mask") else ""}</td></tr>')
     table = ('<table class="summary"><thead><tr><th class="num">#</th><th>Image</th>'
              '<th class="num">P(image)</th><th class="num">P(recon)</th><th class="num">P(negative)</th>'
              '<th class="num">SSIM</th><th class="num">PSNR (dB)</th><th>Monotone</th><th>Lesion mask</th>'
-             f'</tr></thead><tbody>{"".join(rows)}</tbody></table>')
-    if not prepared:
+             f'</tr></thead><tbody>{"".join(table_rows)}</tbody></table>')
+    if not rows:
         table += '<p class="notice">No images were explained.</p>'
+    if note:
+        table += f'<p class="notice">{_E(note)}</p>'
+    n = len(rows)
 
     info = ""
     if model_info:
@@ -681,11 +703,11 @@ def _render(prepared: list[_Prepared], title: str, model_info: dict | None, link
         '<link rel="icon" href="data:,">'
         f"<title>{_E(title)}</title><style>{_CSS}</style></head><body>"
         f'<header class="top"><h1>{_E(title)}</h1><div class="sub">medXGAN visual explanations \u00b7 '
-        f"{len(prepared)} image{'s' if len(prepared) != 1 else ''}</div></header><main>"
+        f"{n} image{'s' if n != 1 else ''}</div></header><main>"
         f"{info}"
         f'<div class="card" id="summary"><h3 style="margin-top:0">Summary</h3>{table}</div>'
         f"{how}"
-        + "".join(_section(p, i, links, cbar_uri) for i, p in enumerate(prepared, 1))
+        + "".join(sections)
         + '<footer>Generated by medXGAN. Self-contained page: no network access needed.</footer>'
         f"</main><script>{_JS}</script></body></html>\n"
     )
@@ -733,40 +755,109 @@ def _atomic_npz(path: Path, arrays: dict) -> None:
     atomic_write(path, write)
 
 
+SECTIONS_DIR = "sections"  # per-image HTML fragments of the detailed panels, joined into report.html
+
+
+def _write_prepared(p: _Prepared, out: Path, position: int | None, cbar_uri: str | None = None) -> dict:
+    """Write one prepared image's files; its JSON last (its presence marks the image done)."""
+    for q in p.panels:
+        _atomic_bytes(out / "images" / f"{p.safe}_{q.key}.png", q.png)
+    if p.gif is not None:
+        _atomic_bytes(out / "images" / f"{p.safe}_interpolation.gif", p.gif)
+    _atomic_npz(out / "raw" / f"{p.safe}.npz", p.arrays)
+    if position is not None:
+        _atomic_bytes(out / SECTIONS_DIR / f"{p.safe}.html",
+                      _section(p, position, True, cbar_uri or _colour_bar_uri()).encode("utf-8"))
+    row = p.row()
+    _atomic_json(out / "json" / f"{p.safe}.json", {
+        **row,
+        "quality": p.quality,
+        "completeness": p.completeness,
+        "frame_probs": p.frame_probs,
+        "alphas": p.alphas,
+        "maps": {q.key: {"scale": q.scale, "shared_scale": q.shared} for q in p.panels if q.scale is not None},
+        "colour_scale": f"|map| / (percentile {ROBUST_PERCENTILE} of |map|), clipped to [0, 1]",
+        "files": {
+            **{q.key: f"images/{p.safe}_{q.key}.png" for q in p.panels},
+            **({"interpolation": f"images/{p.safe}_interpolation.gif"} if p.gif is not None else {}),
+            "raw": f"raw/{p.safe}.npz",
+        },
+    })
+    return _jsonable(row)
+
+
+def safe_names(names: list[str]) -> list[str]:
+    """File-name-safe, case-insensitively unique names for a whole job's image names, in order.
+    Computed once over the job's full list so that streamed batches and resumed runs agree."""
+    return _safe_names(names)
+
+
+def write_image_outputs(explanation, out_dir, safe_name: str, position: int | None = None) -> dict:
+    """Write one explanation's per-image files into ``out_dir`` and return its summary row.
+
+    Files: ``images/<safe>_<kind>.png``, ``images/<safe>_interpolation.gif``, ``raw/<safe>.npz``,
+    ``json/<safe>.json`` (written last: its presence means the image is complete) and, when
+    ``position`` (1-based place in the report) is given, ``sections/<safe>.html``: the image's
+    detailed panel for :func:`write_report`. Only the returned row (a few numbers) needs to be
+    kept for the final report, so a job of any length runs in bounded memory.
+    """
+    out = Path(out_dir)
+    return _write_prepared(_prepare_one(explanation, safe_name), out, position)
+
+
+def read_image_row(out_dir, safe_name: str) -> dict | None:
+    """The summary row of an image written by :func:`write_image_outputs`, or None if it is
+    missing or unreadable (an interrupted write leaves no JSON: writes are atomic)."""
+    path = Path(out_dir) / "json" / f"{safe_name}.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    keys = ("name", "safe_name", "prob_image", "prob_reconstruction", "prob_negative", "ssim", "psnr", "mse",
+            "delta_prob", "monotone", "has_mask", "section", "json")
+    return {k: data.get(k) for k in keys} if isinstance(data, dict) else None
+
+
+def write_report(out_dir, rows: list[dict], title: str = "medXGAN report", model_info: dict | None = None,
+                 detailed: int | None = None) -> Path:
+    """Write ``summary.json`` (every row) and ``report.html``: the summary table lists every row,
+    detailed panels are shown for the first ``detailed`` rows (all when None) from their
+    ``sections/<safe>.html`` fragments, with a note saying where the others' files are.
+    ``report.html`` is written last (atomically)."""
+    out = Path(out_dir)
+    report = out / "report.html"
+    report.unlink(missing_ok=True)
+    shown = len(rows) if detailed is None else min(detailed, len(rows))
+    sections = []
+    for r in rows[:shown]:
+        fragment = out / SECTIONS_DIR / f"{r['safe_name']}.html"
+        try:
+            sections.append(fragment.read_text(encoding="utf-8"))
+        except OSError:
+            from medxgan.errors import MedxganError
+
+            raise MedxganError(f"{fragment}: detailed panel missing; rerun the explanation with --resume") from None
+    note = ""
+    if shown < len(rows):
+        note = (f"Detailed panels are shown for the first {shown} of {len(rows)} images; for the others, "
+                "follow the link to the image's JSON file, which lists its PNG, GIF and raw-array files.")
+    _atomic_json(out / "summary.json", {"title": title, "model_info": model_info or {}, "images": rows,
+                                        "detailed_panels": shown})
+    _atomic_bytes(report, _render_page(rows, sections, title, model_info, note).encode("utf-8"))
+    return report
+
+
 def write_explanations(explanations, out_dir, title: str = "medXGAN report",
                        model_info: dict | None = None) -> Path:
     """Write the report for ``explanations`` into ``out_dir`` (created); returns the report.html path.
 
-    ``report.html`` is removed first and written last (atomically), so it exists only when every
-    other file of this report has been written.
+    Every image gets a detailed panel. ``report.html`` is removed first and written last
+    (atomically), so it exists only when every other file of this report has been written.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = out / "report.html"
-    report.unlink(missing_ok=True)
+    (out / "report.html").unlink(missing_ok=True)
     prepared = _prepare(explanations)
-    for p in prepared:
-        for q in p.panels:
-            _atomic_bytes(out / "images" / f"{p.safe}_{q.key}.png", q.png)
-        if p.gif is not None:
-            _atomic_bytes(out / "images" / f"{p.safe}_interpolation.gif", p.gif)
-        _atomic_npz(out / "raw" / f"{p.safe}.npz", p.arrays)
-        _atomic_json(out / "json" / f"{p.safe}.json", {
-            **p.row(),
-            "quality": p.quality,
-            "completeness": p.completeness,
-            "frame_probs": p.frame_probs,
-            "alphas": p.alphas,
-            "maps": {q.key: {"scale": q.scale, "shared_scale": q.shared} for q in p.panels if q.scale is not None},
-            "colour_scale": f"|map| / (percentile {ROBUST_PERCENTILE} of |map|), clipped to [0, 1]",
-            "files": {
-                **{q.key: f"images/{p.safe}_{q.key}.png" for q in p.panels},
-                **({"interpolation": f"images/{p.safe}_interpolation.gif"} if p.gif is not None else {}),
-                "raw": f"raw/{p.safe}.npz",
-            },
-        })
-    _atomic_json(out / "summary.json", {"title": title, "model_info": model_info or {},
-                                        "images": [p.row() for p in prepared]})
-    page = _render(prepared, title, model_info, links=True)
-    _atomic_bytes(report, page.encode("utf-8"))
-    return report
+    cbar_uri = _colour_bar_uri()
+    rows = [_write_prepared(p, out, i, cbar_uri) for i, p in enumerate(prepared, 1)]
+    return write_report(out, rows, title, model_info)
