@@ -213,7 +213,7 @@ def cmd_train(args) -> int:
 
     from medxgan import checkpoint as ckpt
     from medxgan import distributed as dist_
-    from medxgan.config import DataConfig, RunConfig, from_dict
+    from medxgan.config import ClassifierConfig, DataConfig, RunConfig, from_dict
     from medxgan.evaluate.fidelity import generated_accuracy
     from medxgan.evaluate.realism import c2st_accuracy, sample_images
     from medxgan.training.gan import train_gan
@@ -229,7 +229,9 @@ def cmd_train(args) -> int:
         saved = _read_json(out / "config.json", "run config (nothing to resume?)")
         cfg = _run_config(args, RunConfig.from_dict(saved))
     else:
-        base = RunConfig(data=from_dict(DataConfig, cmeta["data"])) if "data" in cmeta else RunConfig()
+        # The run's config.json records the classifier actually used (from its file), not the defaults.
+        base = RunConfig(data=from_dict(DataConfig, cmeta["data"]) if "data" in cmeta else DataConfig(),
+                         classifier=from_dict(ClassifierConfig, cmeta["classifier"]) if "classifier" in cmeta else ClassifierConfig())
         cfg = _run_config(args, base)
     if (cfg.data.size, cfg.data.channels) != (cmeta["size"], cmeta["channels"]):
         raise MedxganError(
@@ -335,11 +337,11 @@ def _collect_images(inputs: list[str]) -> list[Path]:
 
 
 def _explain_inputs(args, dcfg, progress):
-    """(images [N,C,H,W], names, masks [N,1,H,W] or None) from --data's test split or from files."""
+    """The job's images as a :class:`medxgan.streaming.ImageSource`: --data's split (decoded with
+    the data set, as for training) or files, decoded lazily one batch at a time."""
     import torch
 
-    from medxgan import data as D
-    from medxgan.medical import strip_extension
+    from medxgan.streaming import ImageFiles, ImageTensors
 
     if args.data:
         split_file = Path(args.model) / "split.json"
@@ -352,51 +354,56 @@ def _explain_inputs(args, dcfg, progress):
         if len(idx) == 0:
             raise MedxganError(f"{args.data}: no positive images in the {args.split} split to explain")
         sub = part.subset(idx.numpy())
-        masks = sub.masks if sub.masks is not None else None
-        return sub.images, sub.names, masks
+        return ImageTensors(sub.images, sub.names, sub.masks)
     if not args.inputs:
         raise MedxganError("give images or folders to explain, or --data DIR to explain its held-out test positives")
     files = _collect_images(args.inputs)
     if args.n is not None:
         files = files[: args.n]
-    images, names, keep = [], [], []
-    for f in files:
-        try:
-            images.append(D.load_image(f, dcfg.size, dcfg.channels, dcfg.resize, medical=dcfg.medical(),
-                                       allow_upscale=dcfg.allow_upscale))
-            names.append(str(f))
-        except MedxganError:
-            if not args.skip_bad:
-                raise
-            print(f"medxgan: skipped unreadable image {f}", file=sys.stderr)
-    if not images:
-        raise MedxganError("no readable image to explain")
-    masks = None
-    if args.masks:
-        index = D._mask_index(Path(args.masks))
-        masks = torch.zeros(len(images), 1, dcfg.size, dcfg.size, dtype=torch.bool)
-        for i, n in enumerate(names):
-            stem = strip_extension(n)
-            if stem in index:
-                masks[i] = D.load_mask(index[stem], dcfg.size, dcfg.resize, medical=dcfg.medical())
-    return torch.stack(images), names, masks
+    if args.masks and not Path(args.masks).is_dir():
+        raise MedxganError(f"{args.masks}: mask folder not found")
+    return ImageFiles(files, dcfg.size, dcfg.channels, dcfg.resize, medical=dcfg.medical(),
+                      allow_upscale=dcfg.allow_upscale, mask_dir=Path(args.masks) if args.masks else None,
+                      skip_bad=args.skip_bad)
+
+
+def _explain_settings(args, dcfg, inversion, methods, use_encoder: bool) -> dict:
+    """Everything that changes an image's explanation: the resume fingerprint's input."""
+    import dataclasses as dc
+
+    from medxgan.checkpoint import CLASSIFIER_FILE, GENERATOR_FILE
+    from medxgan.encoder import ENCODER_FILE
+    from medxgan.streaming import file_digest
+
+    model = Path(args.model)
+    weights = [GENERATOR_FILE, CLASSIFIER_FILE] + ([ENCODER_FILE] if use_encoder else [])
+    return {"weights": {w: file_digest(model / w) for w in weights if (model / w).is_file()},
+            "methods": methods, "target": args.target, "inversion": dc.asdict(inversion), "encoder": use_encoder,
+            "frames": args.frames, "lig_steps": args.lig_steps, "data": dc.asdict(dcfg), "report_details": args.report_details,
+            "source": {"data": bool(args.data), "split": args.split, "all_classes": args.all_classes}}
 
 
 def cmd_explain(args) -> int:
+    """Explain a job of images in batches: per-image files are written as each batch finishes, only
+    small summary rows are kept, and ``--resume`` skips images an earlier run finished."""
     import torch
+    from tqdm.auto import tqdm
 
     from medxgan import checkpoint as ckpt
     from medxgan import distributed as dist_
     from medxgan.config import DataConfig, from_dict
     from medxgan.explain import explain_images, list_explainers
     from medxgan.inversion import InversionConfig
-    from medxgan.report import write_explanations
+    from medxgan.report import read_image_row, safe_names, write_image_outputs, write_report
+    from medxgan.streaming import ExplainManifest, contiguous_runs
 
     if args.list_methods:
         print("\n".join(list_explainers()))
         return 0
     if not args.model or not args.out:
         raise MedxganError("explain needs --model RUN and --out DIR")
+    if args.batch_size < 1 or args.report_details < 0:
+        raise MedxganError("--batch-size must be positive and --report-details non-negative")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in list_explainers()]
     if unknown:
@@ -407,12 +414,8 @@ def cmd_explain(args) -> int:
     config = _read_json(Path(args.model) / "config.json", "run config")
     dcfg = from_dict(DataConfig, config.get("data", {}))
     progress = not args.no_progress and main
-    images, names, masks = _explain_inputs(args, dcfg, progress)
-    if images.shape[1:] != (gmeta["channels"], gmeta["size"], gmeta["size"]):
-        raise MedxganError(f"images are {tuple(images.shape[1:])}, the model expects {(gmeta['channels'], gmeta['size'], gmeta['size'])}")
-    if not torch.isfinite(images).all():
-        raise MedxganError("input images contain NaN or Inf")
-    out = _prepare_out(Path(args.out)) if main else Path(args.out)
+    source = _explain_inputs(args, dcfg, progress)
+    expected = (gmeta["channels"], gmeta["size"], gmeta["size"])
     G, C = G.to(device), C.to(device)
     from medxgan.encoder import ENCODER_FILE, encode
 
@@ -429,33 +432,76 @@ def cmd_explain(args) -> int:
     steps = args.steps if args.steps is not None else (200 if E is not None else 600)
     restarts = args.restarts if args.restarts is not None else (1 if E is not None else 4)
     inversion = InversionConfig.paper() if args.paper_inversion else InversionConfig(steps=steps, restarts=restarts, seed=args.seed)
-    explanations = []
-    from tqdm.auto import tqdm
+
+    names = source.names
+    safes = safe_names(names)
+    out = _prepare_out(Path(args.out)) if main else Path(args.out)
+    settings = _explain_settings(args, dcfg, inversion, methods, E is not None)
+    manifest = ExplainManifest.open(out, settings, require_existing=args.resume)  # every rank checks: same one-line error
+    dist_.barrier(ctx)  # every rank has read the old manifest before rank 0 rewrites it
+    # An image is done when its JSON (written last, atomically) is there and names it.
+    done = {i for i, (n, s) in enumerate(zip(names, safes))
+            if manifest.resumed and (r := read_image_row(out, s)) is not None and r["name"] == n}
+    if main and manifest.resumed:
+        print(f"resuming the run in {out}: {len(done)} of {len(names)} images already done")
+    if main:
+        (out / "report.html").unlink(missing_ok=True)  # a run in progress must not look finished
+        manifest.write(sorted({*manifest.done, *(names[i] for i in done)}), len(names))
 
     # Under torchrun each process explains one contiguous block; random starts are keyed by the
-    # image's index in the whole job, so the result of an image does not depend on the split.
-    mine = dist_.block(len(images), ctx)
-    for start in tqdm(range(mine.start, mine.stop, args.batch_size), desc="explain", unit="batch", disable=not progress):
-        sl = slice(start, min(start + args.batch_size, mine.stop))
-        init = encode(E, images[sl]) if E is not None else None
-        explanations += explain_images(G, C, images[sl], methods=methods, inversion=inversion, n_frames=args.frames,
-                                       lig_steps=args.lig_steps, target=args.target, names=names[sl],
-                                       masks=masks[sl] if masks is not None else None, first_index=start, init=init)
-    parts = dist_.gather_to_main(explanations, ctx)
+    # image's position in the whole job, so an image's result depends neither on the split
+    # between processes nor on the batches left to do after a resume.
+    mine = dist_.block(len(names), ctx)
+    todo = [i for i in mine if i not in done]
+    skipped: list[int] = []
+    explained_now = 0
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="explain", unit="img", disable=not progress)
+    for batch in source.batches(todo, args.batch_size):
+        skipped += batch.skipped
+        if len(batch.indices) and tuple(batch.images.shape[1:]) != expected:
+            raise MedxganError(f"images are {tuple(batch.images.shape[1:])}, the model expects {expected}")
+        if not torch.isfinite(batch.images).all():
+            raise MedxganError("input images contain NaN or Inf")
+        offset = 0
+        for run in contiguous_runs(batch.indices):  # skipped files break a batch into runs
+            sl = slice(offset, offset + len(run))
+            offset += len(run)
+            init = encode(E, batch.images[sl]) if E is not None else None
+            explanations = explain_images(G, C, batch.images[sl], methods=methods, inversion=inversion, n_frames=args.frames,
+                                          lig_steps=args.lig_steps, target=args.target, names=[names[i] for i in run],
+                                          masks=batch.masks[sl] if batch.masks is not None else None,
+                                          first_index=run[0], init=init)
+            for i, explanation in zip(run, explanations):
+                write_image_outputs(explanation, out, safes[i], position=i + 1 if i < args.report_details else None)
+                done.add(i)
+                explained_now += 1
+        if main:
+            manifest.write([names[i] for i in sorted(done)], len(names))
+        bar.update(len(batch.indices) + len(batch.skipped))
+    bar.close()
+    counts = dist_.gather_to_main((len(skipped), explained_now), ctx)
+    dist_.barrier(ctx)  # every rank's files are written before rank 0 reads them back
     if not main:
         return 0
-    explanations = [e for part in parts for e in part]
+    rows = [r for n, s in zip(names, safes) if (r := read_image_row(out, s)) is not None and r["name"] == n]
+    n_skipped, n_explained = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    if not rows:
+        raise MedxganError("no readable image to explain")
+    manifest.write([r["name"] for r in rows], len(names))
     info = {"model": str(args.model), "classifier": gmeta.get("classifier_arch", "see classifier.safetensors"),
             "gan code": gmeta["gan"]["code"], "image size": f"{gmeta['channels']}x{gmeta['size']}x{gmeta['size']}",
             "inversion": "paper protocol (Adam, 10,000 steps)" if args.paper_inversion else
             f"{'encoder start + ' if E is not None else ''}{inversion.steps} steps x {inversion.restarts} start(s)",
             "target": args.target}
-    report = write_explanations(explanations, out, title=args.title, model_info=info)
-    ssim = sum(e.quality["ssim"] for e in explanations) / len(explanations)
-    mono = sum(e.monotone for e in explanations)
-    neg = sum(e.prob_negative < 0.1 for e in explanations)
-    print(f"explained {len(explanations)} images: mean reconstruction SSIM {ssim:.3f}, "
-          f"negative realization P<0.1 for {neg}/{len(explanations)}, monotone interpolation {mono}/{len(explanations)}")
+    # detailed panels were written for the images at job positions < --report-details: a prefix of the rows
+    first_names = set(names[:args.report_details])
+    report = write_report(out, rows, title=args.title, model_info=info, detailed=sum(r["name"] in first_names for r in rows))
+    ssim = sum(r["ssim"] or 0.0 for r in rows) / len(rows)
+    mono = sum(bool(r["monotone"]) for r in rows)
+    neg = sum(r["prob_negative"] is not None and r["prob_negative"] < 0.1 for r in rows)
+    print(f"explained {len(rows)} images" + (f" ({len(rows) - n_explained} done by the earlier run)" if manifest.resumed else "")
+          + f": mean reconstruction SSIM {ssim:.3f}, negative realization P<0.1 for {neg}/{len(rows)}, monotone interpolation {mono}/{len(rows)}"
+          + (f"; skipped {n_skipped} unreadable" if n_skipped else ""))
     print(f"report: {report}")
     return 0
 
@@ -489,6 +535,113 @@ def cmd_fidelity(args) -> int:
     print(json.dumps(result, indent=2))
     if args.out:
         _write_json(Path(args.out), result)
+    return 0
+
+
+def _evaluate_command(args) -> str:
+    """The command line that reproduces this evaluation, rebuilt from the parsed options."""
+    import shlex
+
+    words = ["medxgan", "evaluate"]
+    for key, value in vars(args).items():
+        if key in ("func", "command", "list_experiments") or value is None or value is False:
+            continue
+        words += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return shlex.join(words)
+
+
+def cmd_evaluate(args) -> int:
+    import platform
+
+    import torch
+
+    from medxgan import checkpoint as ckpt
+    from medxgan.config import DataConfig, from_dict
+    from medxgan.device import resolve_device
+    from medxgan.evaluate.registry import EvalContext, get_experiment, list_experiments
+    from medxgan.evaluate.report import write_evaluation
+    from medxgan.evaluate.shortcut import load_marker_masks
+    from medxgan.explain import list_explainers
+    from medxgan.inversion import InversionConfig
+
+    if args.list_experiments:
+        for name in list_experiments():
+            print(f"{name}\t{get_experiment(name).title}")
+        return 0
+    missing = [flag for flag, value in (("--model", args.model), ("--data", args.data), ("--out", args.out)) if not value]
+    if missing:
+        raise MedxganError(f"evaluate needs {', '.join(missing)}")
+    names = [n.strip() for n in args.experiments.split(",") if n.strip()] if args.experiments else list_experiments()
+    if not names:
+        raise MedxganError("--experiments: give at least one experiment name")
+    experiments = [get_experiment(n) for n in dict.fromkeys(names)]  # unknown name -> error listing the known ones
+    methods = tuple(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
+    unknown = [m for m in methods if m not in list_explainers()]
+    if unknown or not methods:
+        raise MedxganError(f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(list_explainers())}")
+    for flag, value in (("--n-images", args.n_images), ("--repeats", args.repeats), ("--inversion-steps", args.inversion_steps),
+                        ("--restarts", args.restarts)):
+        if value is not None and value < 1:
+            raise MedxganError(f"{flag} must be at least 1, got {value}")
+
+    G, C, gmeta = ckpt.load_medxgan(args.model)
+    config = _read_json(Path(args.model) / "config.json", "run config")
+    dcfg = from_dict(DataConfig, config.get("data", {}))
+    device = resolve_device(args.device)
+    progress = not args.no_progress
+    split_file = Path(args.model) / "split.json"
+    uses_npz = args.data.endswith(".npz")
+    if not uses_npz and not split_file.exists():
+        # Without the run's split the "test" images could be training images: refuse.
+        raise MedxganError(f"{args.model}: no split.json; the evaluation needs the run's own split to stay off its training images")
+    splits = load_splits(args.data, dcfg, split_file=None if uses_npz else split_file, progress=progress, **_mask_kwargs(args))
+    test = splits["test"]
+    expected = (gmeta["channels"], gmeta["size"], gmeta["size"])
+    if tuple(test.images.shape[1:]) != expected:
+        raise MedxganError(f"test images are {tuple(test.images.shape[1:])}, the model expects {expected}")
+    if not bool((test.labels == 1).any()):
+        raise MedxganError("the test split holds no positive image to explain")
+    out = _prepare_out(Path(args.out))
+
+    quick = args.quick
+    n_images = args.n_images if args.n_images is not None else (4 if quick else 100)
+    repeats = args.repeats if args.repeats is not None else (1 if quick else 3)
+    steps = args.inversion_steps if args.inversion_steps is not None else (40 if quick else 600)
+    restarts = args.restarts if args.restarts is not None else (1 if quick else 4)
+    inversion = InversionConfig(steps=steps, restarts=restarts, seed=args.seed)
+    torch.manual_seed(args.seed)
+    G, C = G.to(device).eval().requires_grad_(False), C.to(device).frozen()
+    # Phantoms written with --shortcut carry masks of the spurious marker (shortcut experiment).
+    marker_masks = load_marker_masks(args.data, list(test.names), dcfg.size, dcfg.resize) if not uses_npz else None
+    ctx = EvalContext(
+        G=G, C=C, test_images=test.images, test_labels=test.labels, test_masks=test.masks, test_names=list(test.names),
+        reference_images=torch.cat([splits["val"].images, test.images]),
+        train_images=splits["train"].images, train_labels=splits["train"].labels,
+        run_config=config, n_images=n_images, methods=methods, seed=args.seed, quick=quick, inversion=inversion,
+        repeats=repeats, gan_steps=args.gan_steps, device=device, progress=progress, test_marker_masks=marker_masks,
+    )
+    meta = {
+        "command": _evaluate_command(args),
+        "model": str(args.model), "data": str(args.data), "experiments": [e.name for e in experiments],
+        "methods": list(methods), "seed": args.seed, "n_images": n_images,
+        "n_test": len(test), "n_test_positive": int((test.labels == 1).sum()),
+        "n_test_with_mask": int(test.has_mask.sum()) if test.masks is not None else 0,
+        "repeats": repeats, "quick": quick, "gan_steps": args.gan_steps,
+        "inversion": dataclasses.asdict(inversion), "device": str(device),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "timings": {},
+    }
+    results = {}
+    t_start = time.time()
+    for experiment in experiments:
+        print(f"[evaluate] {experiment.name}: {experiment.title}", flush=True)
+        t0 = time.time()
+        results[experiment.name] = experiment.fn(ctx)
+        meta["timings"][experiment.name] = round(time.time() - t0, 2)
+        meta["timings"]["total"] = round(time.time() - t_start, 2)
+        # Written after every experiment, so an interrupted evaluation keeps what it finished.
+        report = write_evaluation(out, results, meta)
+    print(f"[evaluate] done in {time.time() - t_start:.0f}s: {out / 'metrics.json'}, {report}")
     return 0
 
 
@@ -641,7 +794,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper-inversion", action="store_true", help="the paper's protocol: Adam lr 0.01, 10,000 steps, one random start")
     p.add_argument("--frames", type=int, default=11, help="frames of the latent interpolation")
     p.add_argument("--lig-steps", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="images loaded and explained at once (bounds memory)")
+    p.add_argument("--resume", action="store_true",
+                   help="insist on continuing the run in --out (an error if there is none). Without it a run in --out "
+                        "made with the same settings is continued anyway (finished images skipped); other settings are refused")
+    p.add_argument("--report-details", type=int, default=100, metavar="N",
+                   help="detailed panels in report.html for the first N images; all are in its summary table (default 100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--title", default="medXGAN report")
     p.add_argument("--masks", help="folder of lesion masks named like the images")
@@ -660,6 +818,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_fidelity)
+
+    p = sub.add_parser("evaluate", help="reproduce the paper's tables and more on held-out test images: metrics.json, RESULTS.md, plots")
+    p.add_argument("--model", help="medXGAN run directory (from `medxgan train`); its split.json picks the test images")
+    p.add_argument("--data", help="the data the model was trained on")
+    p.add_argument("--out", help="evaluation directory to write")
+    p.add_argument("--experiments", help="comma-separated experiment names (default: all; see --list-experiments)")
+    p.add_argument("--list-experiments", action="store_true", help="list the registered experiments and exit")
+    p.add_argument("--methods", default="difference,lig,gradcam,ig,ig_negative,random", help="explanation methods compared")
+    p.add_argument("--n-images", type=int, help="explain at most N test positives (default 100; --quick: 4)")
+    p.add_argument("--repeats", type=int, help="repetitions where the protocol repeats (default 3; --quick: 1)")
+    p.add_argument("--inversion-steps", type=int, help="inversion step cap per image (default 600; --quick: 40)")
+    p.add_argument("--restarts", type=int, help="inversion starts per image (default 4; --quick: 1)")
+    p.add_argument("--gan-steps", type=int, help="steps of experiments that train fresh generators (default: the run's gan.steps)")
+    p.add_argument("--seed", type=int, default=0, help="every random draw of the evaluation derives from it")
+    p.add_argument("--quick", action="store_true", help="tiny budgets for smoke tests (about 2 minutes)")
+    p.add_argument("--masks", help="folder of lesion masks named like the images")
+    p.add_argument("--via", help="VGG Image Annotator JSON with lesion outlines")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("info", help="print the metadata of a medxgan model file")
     p.add_argument("model")
