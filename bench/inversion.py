@@ -1,0 +1,152 @@
+"""Inversion speed at equal quality: the paper's protocol against ours, in the same run.
+
+    python bench/inversion.py --model RUN --data /work/shared/data/br35h --n 10 [--device cpu] [--threads 2] [--repeats 1]
+
+On the first ``--n`` held-out test positives of the run's split, each image is inverted (Eq. 5) by
+
+* ``paper``: ``InversionConfig.paper()`` — N(0, I) start, Adam lr 0.01, betas (0.5, 0.999),
+  10,000 steps (``--paper-steps`` shortens it for a quick check only);
+* ``random``: our default (``medxgan explain``): 4 random starts x 600 steps, cosine lr, early stop;
+* ``hybrid``: our encoder start + 200 steps (only when the run holds ``encoder.safetensors``).
+
+Reported per method (medians over images; wall times medians over ``--repeats``): wall time per
+image, final SSIM / PSNR, |ΔP_C|, and the time to reach the paper protocol's final SSIM of the same
+image, read off an SSIM-versus-time trajectory (each image's best latents so far, every
+``--trace-every`` steps; the time spent measuring the trajectory is subtracted). The speed-up is
+the paper's wall time over the method's time to reach the paper's SSIM ("not reached" when it
+never does). Images are inverted one at a time by default, as the paper does; ``--batch-size``
+inverts several together (per-image time = batch time / batch size) for every method alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as B  # noqa: E402
+
+from medxgan import checkpoint as ckpt  # noqa: E402
+from medxgan.encoder import ENCODER_FILE, encode  # noqa: E402
+from medxgan.inversion import InversionConfig, image_quality, invert  # noqa: E402
+
+
+def run_method(G, C, images, cfg, E, first_index, device, trace_every):
+    """Invert ``images`` [b,C,H,W]; returns (result, wall seconds without tracing, trajectory).
+
+    trajectory: list of (seconds, steps, ssim [b]) of each image's best latents so far."""
+    trajectory, traced = [], {"seconds": 0.0}
+    x = images.to(device)
+
+    def trace(steps, z1, z2):
+        t = time.perf_counter()
+        with torch.no_grad():
+            recon = G(z1, z2)
+        _, _, ssim = image_quality(recon, x)
+        B.sync(device)
+        trajectory.append((t - start - traced["seconds"], steps, ssim.cpu()))
+        traced["seconds"] += time.perf_counter() - t
+
+    B.sync(device)
+    start = time.perf_counter()
+    init = encode(E, x) if E is not None else None
+    result = invert(G, C, x, cfg, init=init, first_index=first_index, trace=trace, trace_every=trace_every)
+    B.sync(device)
+    seconds = time.perf_counter() - start - traced["seconds"]
+    trajectory.append((seconds, int(result.steps_run.max()), result.ssim.cpu()))  # the result itself
+    return result, seconds, trajectory
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="medXGAN run directory")
+    ap.add_argument("--data", required=True, help="the data the run was trained on (its saved test split is used)")
+    ap.add_argument("--n", type=int, default=10, help="test positives to invert")
+    ap.add_argument("--batch-size", type=int, default=1, help="images inverted together (every method alike)")
+    ap.add_argument("--paper-steps", type=int, default=10_000, help="paper protocol steps (10,000; lower only for a quick check)")
+    ap.add_argument("--random-steps", type=int, default=600)
+    ap.add_argument("--random-restarts", type=int, default=4)
+    ap.add_argument("--hybrid-steps", type=int, default=200)
+    ap.add_argument("--trace-every", type=int, default=100, help="SSIM trajectory resolution of the paper protocol (steps)")
+    ap.add_argument("--ours-trace-every", type=int, default=10, help="trajectory resolution of our methods (steps)")
+    B.add_common_args(ap, repeats=1)
+    args = ap.parse_args()
+    device = B.setup(args)
+    G, C, gmeta = ckpt.load_medxgan(args.model)
+    G, C = G.to(device), C.to(device)
+    E = None
+    if (Path(args.model) / ENCODER_FILE).exists():
+        E, _ = ckpt.load_encoder(Path(args.model) / ENCODER_FILE, G.cpu(), gmeta)
+        E, G = E.to(device), G.to(device)
+    images, names = B.test_positives(args.model, args.data, args.n)
+    paper = InversionConfig.paper()
+    if args.paper_steps != paper.steps:
+        paper = InversionConfig(**{**paper.__dict__, "steps": args.paper_steps})
+    methods = {"paper": (paper, None, args.trace_every),
+               "random": (InversionConfig(steps=args.random_steps, restarts=args.random_restarts), None, args.ours_trace_every)}
+    if E is not None:
+        methods["hybrid"] = (InversionConfig(steps=args.hybrid_steps, restarts=1), E, args.ours_trace_every)
+
+    per_image = {m: [] for m in methods}  # method -> list of per-image dicts
+    for start in range(0, len(images), args.batch_size):
+        batch = images[start:start + args.batch_size]
+        b = len(batch)
+        for method, (cfg, enc, every) in methods.items():
+            runs = [run_method(G, C, batch, cfg, enc, start, device, every) for _ in range(max(1, args.repeats))]
+            result, _, trajectory = runs[0]  # results are deterministic: the first run's numbers
+            seconds = B.median([r[1] for r in runs]) / b
+            for j in range(b):
+                per_image[method].append({
+                    "name": names[start + j], "seconds": seconds, "ssim": float(result.ssim[j]),
+                    "psnr": float(result.psnr[j]), "delta_prob": float(result.delta_prob[j]),
+                    "steps_run": int(result.steps_run[j]),
+                    "trajectory": [(t / b, k, float(s[j])) for t, k, s in trajectory],
+                })
+        print(f"[{start + b}/{len(images)}] " + ", ".join(f"{m} {per_image[m][-1]['seconds']:.1f}s SSIM {per_image[m][-1]['ssim']:.3f}"
+                                                          for m in methods), file=sys.stderr)
+
+    # time to reach the paper's final SSIM, image by image
+    for i, p in enumerate(per_image["paper"]):
+        target = p["ssim"]
+        for method in methods:
+            rec = per_image[method][i]
+            reach = next((t for t, _, s in rec["trajectory"] if s >= target - 1e-9), None)
+            rec["seconds_to_paper_ssim"] = reach
+            rec["speedup_to_paper_ssim"] = p["seconds"] / reach if reach else None
+
+    summary = {}
+    for method, recs in per_image.items():
+        reached = [r for r in recs if r["seconds_to_paper_ssim"] is not None]
+        summary[method] = {
+            "seconds_per_image": B.median([r["seconds"] for r in recs]),
+            "ssim": B.median([r["ssim"] for r in recs]), "psnr": B.median([r["psnr"] for r in recs]),
+            "delta_prob": B.median([r["delta_prob"] for r in recs]),
+            "reached_paper_ssim": f"{len(reached)}/{len(recs)}",
+            "seconds_to_paper_ssim": B.median([r["seconds_to_paper_ssim"] for r in reached]),
+            "speedup_vs_paper": B.median([r["speedup_to_paper_ssim"] for r in reached]),
+            "wall_time_ratio": B.median([per_image["paper"][i]["seconds"] / r["seconds"] for i, r in enumerate(recs)]),
+        }
+    labels = {"paper": f"paper protocol ({paper.steps} steps, 1 random start)",
+              "random": f"ours: {args.random_restarts} random starts x {args.random_steps} steps",
+              "hybrid": f"ours: encoder start + {args.hybrid_steps} steps"}
+    rows = [[labels[m], B.fmt(s["seconds_per_image"], ".2f"), B.fmt(s["ssim"]), B.fmt(s["psnr"], ".2f"),
+             B.fmt(s["delta_prob"], ".4f"), s["reached_paper_ssim"], B.fmt(s["seconds_to_paper_ssim"], ".2f"),
+             B.fmt(s["speedup_vs_paper"], ".1f", "not reached") + ("×" if s["speedup_vs_paper"] else "")]
+            for m, s in summary.items()]
+    print(B.markdown(["method", "s / image", "SSIM", "PSNR (dB)", "\\|ΔP_C\\|", "reached paper SSIM",
+                      "s to paper SSIM", "speed-up to paper SSIM"], rows))
+    info = B.machine(device)
+    print(f"\n{len(images)} test positives of {args.model} ({gmeta['channels']}x{gmeta['size']}x{gmeta['size']}), "
+          f"batch {args.batch_size}, medians over images; {args.repeats} repeat(s); "
+          f"{info['cores']} cores, {info['threads']} threads, torch {info['torch']}, {device}")
+    B.write_json(args.json or "bench-inversion.json", {
+        "benchmark": "inversion", "command": " ".join(sys.argv), "machine": info, "summary": summary,
+        "per_image": per_image, "settings": {k: v for k, v in vars(args).items()}})
+
+
+if __name__ == "__main__":
+    main()
