@@ -101,10 +101,11 @@ def test_convergence_identical_latents_and_reconstructions_agree_perfectly():
 
 def test_convergence_experiment(tiny_ctx):
     result = get_experiment("convergence").fn(_fresh(tiny_ctx))
-    for key in ("cosine", "ssim"):
+    for key in ("convergence.cosine", "convergence.ssim"):  # stable metrics.json keys
         _assert_stat(result.metrics[key])
         assert result.metrics[key]["n"] == 3 and -1 <= result.metrics[key]["mean"] <= 1
-    assert result.metrics["seeds"] == [0, 1]
+    assert result.metrics["convergence.seeds"] == [0, 1]
+    assert all(k.startswith("convergence.") for k in result.metrics)  # no collision when metrics.json merges
     assert result.tables[0].rows[0][-1] == "0.965 ± 0.008"
 
 
@@ -128,11 +129,14 @@ def test_noise_sigma_zero_gives_stability_one(tiny_ctx):
 
 def test_noise_robustness_experiment(tiny_ctx):
     result = get_experiment("noise_robustness").fn(_fresh(tiny_ctx))
-    assert "random" not in result.metrics and "noise_robustness" in result.figures
+    metrics = result.metrics
+    assert "noise_robustness.random" not in metrics and "noise_robustness" in result.figures
+    assert all(k.startswith("noise_robustness.") for k in metrics)  # no collision when metrics.json merges
     for m in ("difference", "lig", "gradcam", "ig"):
-        _assert_stat(result.metrics[m])
-        assert result.metrics["curves"][m]["ssim"][0]["mean"] == pytest.approx(1.0)
-    assert result.metrics["sigmas"][0] == 0.0 and len(result.metrics["noise_seeds"]) == len(result.metrics["sigmas"])
+        _assert_stat(metrics[f"noise_robustness.{m}"])  # stable metrics.json key
+        assert metrics["noise_robustness.curves"][m]["ssim"][0]["mean"] == pytest.approx(1.0)
+    sigmas = metrics["noise_robustness.sigmas"]
+    assert sigmas[0] == 0.0 and len(metrics["noise_robustness.noise_seeds"]) == len(sigmas)
 
 
 # --- sanity checks (Adebayo et al. 2018) ---------------------------------------------------------
@@ -165,10 +169,11 @@ def test_randomise_layer_is_seeded_and_keeps_global_rng():
 
 def test_sanity_experiment_with_and_without_masks(tiny_ctx):
     result = get_experiment("sanity").fn(_fresh(tiny_ctx))
+    assert all(k.startswith("sanity.") for k in result.metrics)  # no collision when metrics.json merges
     for m in ("gradcam", "ig", "lig"):
-        _assert_stat(result.metrics[m])
-    assert "difference" not in result.metrics["cascade"]
-    data = result.metrics["data_randomisation"]
+        _assert_stat(result.metrics[f"sanity.{m}"])  # stable metrics.json key
+    assert "difference" not in result.metrics["sanity.cascade"]
+    data = result.metrics["sanity.data_randomisation"]
     for m in ("difference", "lig"):
         for model in ("trained", "shuffled_labels"):
             _assert_stat(data[m][model]["mass"])
@@ -176,7 +181,8 @@ def test_sanity_experiment_with_and_without_masks(tiny_ctx):
     assert 0 < data["chance_mass"]["mean"] < 1
     assert "sanity_cascading_randomisation" in result.figures
     no_masks = get_experiment("sanity").fn(_fresh(tiny_ctx, test_masks=None, methods=("difference", "gradcam")))
-    assert "data_randomisation" not in no_masks.metrics and "no lesion masks" in no_masks.metrics["data_randomisation_skipped"]
+    assert "sanity.data_randomisation" not in no_masks.metrics
+    assert "no lesion masks" in no_masks.metrics["sanity.data_randomisation_skipped"]
 
 
 # --- class-code ablation (paper Sec. 3.3) ----------------------------------------------------------
@@ -187,12 +193,13 @@ def test_code_ablation_trains_both_codes(tiny_ctx):
     result = get_experiment("code_ablation").fn(_fresh(tiny_ctx))
     assert [row[0] for row in result.tables[0].rows] == ["continuous", "discrete"]
     for code in ("continuous", "discrete"):
-        entry = result.metrics[code]
+        entry = result.metrics[f"code_ablation.{code}"]
         assert 0 <= entry["generated_accuracy"] <= 1
         _assert_stat(entry["monotone_share"])
         assert entry["monotone_share"]["n"] == 3
         _assert_stat(entry["lig"]["mass"])
-    assert result.metrics["gan_steps"] == 3
+    assert result.metrics["code_ablation.gan_steps"] == 3
+    assert all(k.startswith("code_ablation.") for k in result.metrics)  # no collision when metrics.json merges
     # the step-counted schedule scales with the budget
     scaled = gan_config(_fresh(tiny_ctx, gan_steps=30))
     assert (scaled.steps, scaled.lam_start, scaled.ema_start) == (30, 10, 10)
@@ -249,10 +256,11 @@ def test_shortcut_experiment(tiny_ctx):
     _, labels, _, marker_masks = _phantom_tensors(8, shortcut=1.0)
     assert torch.equal(labels, tiny_ctx.test_labels)
     result = get_experiment("shortcut").fn(_fresh(tiny_ctx, test_marker_masks=marker_masks))
-    assert result.metrics["marked_images"] == 3
+    assert result.metrics["shortcut.marked_images"] == 3
+    assert all(k.startswith("shortcut.") for k in result.metrics)  # no collision when metrics.json merges
     for m in tiny_ctx.methods:
-        _assert_stat(result.metrics[m])
-        assert 0 <= result.metrics[m]["mean"] <= 1
-        _assert_stat(result.metrics["lesion"][m])
+        _assert_stat(result.metrics[f"shortcut.{m}"])  # stable metrics.json key
+        assert 0 <= result.metrics[f"shortcut.{m}"]["mean"] <= 1
+        _assert_stat(result.metrics["shortcut.lesion"][m])
     skipped = get_experiment("shortcut").fn(_fresh(tiny_ctx))
-    assert "skipped" in skipped.metrics and skipped.notes
+    assert "shortcut.skipped" in skipped.metrics and skipped.notes

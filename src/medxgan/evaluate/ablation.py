@@ -62,10 +62,10 @@ def code_properties(G, C, images: torch.Tensor, masks: torch.Tensor | None, inve
 
 @register_experiment("code_ablation", "Class-code ablation: continuous (medXGAN) vs discrete code (paper Sec. 3.3)", order=80)
 def run_code_ablation(ctx) -> ExperimentResult:
-    """Experiment ``code_ablation``. Metrics per code (``continuous`` / ``discrete``):
-    ``generated_accuracy``, ``generated_auc`` (floats), ``monotone_share`` and, with masks,
-    ``<method>.{mass,pointing_game}`` ({mean, std, ci95, n} over test positives); plus
-    ``gan_steps``, ``gan_seed``, ``n_z1``."""
+    """Experiment ``code_ablation``. Metrics (each key prefixed ``code_ablation.``), per code
+    (``continuous`` / ``discrete``): ``generated_accuracy``, ``generated_auc`` (floats),
+    ``monotone_share`` and, with masks, ``<method>.{mass,pointing_game}`` ({mean, std, ci95, n}
+    over test positives); plus ``gan_steps``, ``gan_seed``, ``n_z1``, ``images``."""
     images, masks, _ = ctx.positives()
     if ctx.quick:
         images = images[:QUICK_IMAGES]
@@ -102,7 +102,8 @@ def run_code_ablation(ctx) -> ExperimentResult:
               f"over {len(images)} inverted test positives."),
     )
     notes = [] if masks is not None else ["Localisation columns omitted: the test split has no lesion masks."]
-    return ExperimentResult(metrics=metrics, tables=[table], notes=notes)
+    # Prefixed: metrics.json merges every experiment's keys into one namespace.
+    return ExperimentResult(metrics={f"code_ablation.{k}": v for k, v in metrics.items()}, tables=[table], notes=notes)
 
 
 __all__ = ["CODES", "code_properties", "run_code_ablation"]

@@ -82,8 +82,9 @@ def restart_agreement(G, C, images: torch.Tensor, inversion: InversionConfig, re
 
 @register_experiment("convergence", "Inversion convergence (paper Table 3)", order=40)
 def run_convergence(ctx) -> ExperimentResult:
-    """Experiment ``convergence``: metrics ``cosine`` and ``ssim`` ({mean, std, ci95, n} over test
-    positives), ``reconstruction_ssim`` (fit to the image), ``repeats`` and ``seeds``."""
+    """Experiment ``convergence``: metrics ``convergence.cosine`` and ``convergence.ssim`` ({mean,
+    std, ci95, n} over test positives), ``convergence.reconstruction_ssim`` (fit to the image),
+    ``convergence.repeats``, ``convergence.seeds`` and ``convergence.inversion_steps``."""
     images, _, _ = ctx.positives()
     device = next(ctx.C.parameters()).device
     inversion = evaluation_inversion(ctx)
@@ -105,7 +106,8 @@ def run_convergence(ctx) -> ExperimentResult:
     )
     notes = [f"Mean SSIM of a reconstruction against its image: {metrics['reconstruction_ssim']['mean']:.3f} "
              "(high agreement with a poor fit would mean the starts collapse onto the same wrong image)."]
-    return ExperimentResult(metrics=metrics, tables=[table], notes=notes)
+    # Prefixed: metrics.json merges every experiment's keys into one namespace.
+    return ExperimentResult(metrics={f"convergence.{k}": v for k, v in metrics.items()}, tables=[table], notes=notes)
 
 
 __all__ = ["PAPER_MRI", "pairwise_latent_cosine", "pairwise_reconstruction_ssim", "restart_agreement", "run_convergence"]

@@ -6,8 +6,9 @@
      "metrics": {"generated_accuracy": {"mean", "std", "ci95", "n"}, "counterfactual_drop.lig": {...}, ...},
      "experiments": {"fidelity": {"title", "keys": [...], "notes": [...], "figures": [...], "wall_s"}, ...}}
 
-``metrics`` is the union of every experiment's metrics (their keys do not overlap); a quantity
-with spread is a ``{mean, std, ci95, n}`` object.
+``metrics`` is the union of every experiment's metrics (their keys do not overlap: experiments
+after the paper's tables prefix theirs with their name, e.g. ``sanity.gradcam``); a quantity
+with spread is a ``{mean, std, ci95, n}`` object. Every key is listed in docs/EVALUATION.md.
 """
 
 from __future__ import annotations

@@ -91,9 +91,10 @@ def _stability_figure(curves: dict, sigmas):
 
 @register_experiment("noise_robustness", "Explanation stability under input noise", order=70)
 def run_noise_robustness(ctx) -> ExperimentResult:
-    """Experiment ``noise_robustness``. Metrics: ``<method>`` = {mean, std, ci95, n} over test
-    positives of the map SSIM averaged over the noise levels σ > 0; ``curves.<method>.{ssim,
-    topk_iou}`` one {mean, std, ci95, n} per σ; ``sigmas``, ``noise_seeds``, ``inversion_steps``."""
+    """Experiment ``noise_robustness``. Metrics (each key prefixed ``noise_robustness.``):
+    ``<method>`` = {mean, std, ci95, n} over test positives of the map SSIM averaged over the noise
+    levels σ > 0; ``curves`` = {method: {ssim, topk_iou}: one {mean, std, ci95, n} per σ};
+    ``sigmas``, ``noise_seeds``, ``inversion_steps``, ``top_fraction``."""
     images, _, _ = ctx.positives()
     if ctx.quick:
         images = images[:QUICK_IMAGES]
@@ -127,8 +128,9 @@ def run_noise_robustness(ctx) -> ExperimentResult:
     )
     notes = ["'random' is not compared: its map ignores the input, so its stability is 1 by construction."] \
         if any(m in INPUT_INDEPENDENT for m in ctx.methods) else []
-    return ExperimentResult(metrics=metrics, tables=[table], figures={"noise_robustness": _stability_figure(curves, sigmas)},
-                            notes=notes)
+    # Prefixed: metrics.json merges every experiment's keys into one namespace.
+    return ExperimentResult(metrics={f"noise_robustness.{k}": v for k, v in metrics.items()}, tables=[table],
+                            figures={"noise_robustness": _stability_figure(curves, sigmas)}, notes=notes)
 
 
 __all__ = ["QUICK_SIGMAS", "SIGMAS", "TOP_FRACTION", "add_gaussian_noise", "explanation_stability", "robustness_inversion",

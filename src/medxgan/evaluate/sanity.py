@@ -152,10 +152,11 @@ def _data_randomisation(ctx, images: torch.Tensor, masks: torch.Tensor) -> tuple
 
 @register_experiment("sanity", "Sanity checks: model and data randomisation (Adebayo et al. 2018)", order=60)
 def run_sanity(ctx) -> ExperimentResult:
-    """Experiment ``sanity``. Metrics: ``<method>`` = {mean, std, ci95, n} of the Spearman rank
-    correlation between the trained and the fully randomised classifier's maps (lower = the map
-    depends on the model); ``cascade`` (per layer step, per method: spearman and ssim);
-    ``data_randomisation`` (part (b)) or ``data_randomisation_skipped`` with the reason."""
+    """Experiment ``sanity``. Metrics (each key prefixed ``sanity.``): ``<method>`` = {mean, std,
+    ci95, n} of the Spearman rank correlation between the trained and the fully randomised
+    classifier's maps (lower = the map depends on the model); ``cascade`` (per layer step, per
+    method: spearman and ssim); ``data_randomisation`` (part (b)) or ``data_randomisation_skipped``
+    with the reason; ``seed``."""
     images, masks, _ = ctx.positives()
     if ctx.quick:
         images = images[:QUICK_IMAGES]
@@ -198,7 +199,8 @@ def run_sanity(ctx) -> ExperimentResult:
         metrics["data_randomisation"] = data_metrics
         tables.append(table)
         notes += data_notes
-    return ExperimentResult(metrics=metrics, tables=tables, figures=figures, notes=notes)
+    # Prefixed: metrics.json merges every experiment's keys into one namespace.
+    return ExperimentResult(metrics={f"sanity.{k}": v for k, v in metrics.items()}, tables=tables, figures=figures, notes=notes)
 
 
 __all__ = ["GRADIENT_METHODS", "cascading_randomisation", "randomisable_layers", "randomise_layer", "run_sanity"]

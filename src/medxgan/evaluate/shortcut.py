@@ -65,19 +65,21 @@ def marker_and_lesion_share(maps: torch.Tensor, marker: torch.Tensor, lesion: to
 
 @register_experiment("shortcut", "Shortcut detection: attribution on a spurious marker vs on the lesion", order=90)
 def run_shortcut(ctx) -> ExperimentResult:
-    """Experiment ``shortcut``. Metrics: ``<method>`` = {mean, std, ci95, n} of the marker's share
-    of positive relevance over marked test positives; ``lesion.<method>`` the lesion's share;
-    ``marked_images``; ``prob_marked`` / ``prob_unmarked`` (mean P(positive) of test positives
-    with and without the marker). Skipped (with a note) without marker masks."""
+    """Experiment ``shortcut``. Metrics (each key prefixed ``shortcut.``): ``<method>`` = {mean,
+    std, ci95, n} of the marker's share of positive relevance over marked test positives;
+    ``lesion`` = {method: the lesion's share}; ``marked_images``, ``explained_positives``;
+    ``prob_marked`` / ``prob_unmarked`` (mean P(positive) of test positives with and without the
+    marker). Skipped (``skipped`` with the reason, and a note) without marker masks."""
     marker_masks = ctx.test_marker_masks
     if marker_masks is None:
-        return ExperimentResult(metrics={"skipped": "no spurious-marker masks (data written without --shortcut?)"},
+        return ExperimentResult(metrics={"shortcut.skipped": "no spurious-marker masks (data written without --shortcut?)"},
                                 notes=["Skipped: the data has no shortcut_masks/ folder (write phantoms with --shortcut P)."])
     positive_idx = torch.nonzero(ctx.test_labels == 1).flatten()[: ctx.n_images]
     markers = marker_masks[positive_idx].bool()  # [N,1,H,W], aligned with ctx.positives()
     marked = markers.flatten(1).any(1)
     if not bool(marked.any()):
-        return ExperimentResult(metrics={"skipped": "no test positive carries the spurious marker", "marked_images": 0},
+        return ExperimentResult(metrics={"shortcut.skipped": "no test positive carries the spurious marker",
+                                         "shortcut.marked_images": 0},
                                 notes=["Skipped: none of the explained test positives carries the marker."])
     images, lesions, _ = ctx.positives()
     probs = predict_proba(ctx.C, images)  # [N] P(positive)
@@ -103,7 +105,8 @@ def run_shortcut(ctx) -> ExperimentResult:
               f"{marker_area:.4f} of the image (the share a uniform map would give it). Mean P(positive): "
               f"{metrics['prob_marked']['mean']:.3f} with marker, {metrics['prob_unmarked']['mean']:.3f} without."),
     )
-    return ExperimentResult(metrics=metrics, tables=[table])
+    # Prefixed: metrics.json merges every experiment's keys into one namespace.
+    return ExperimentResult(metrics={f"shortcut.{k}": v for k, v in metrics.items()}, tables=[table])
 
 
 __all__ = ["MARKER_DIR", "load_marker_masks", "marker_and_lesion_share", "run_shortcut"]
