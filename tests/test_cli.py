@@ -110,6 +110,27 @@ def test_user_errors_are_one_line(tmp_path, demo_run):
     assert_one_line_error(rc, err, "magic")
 
 
+def test_cache_dir_decodes_a_folder_once(tmp_path, monkeypatch):
+    """--cache-dir keeps the decoded folder as one tensor file that a second run re-uses (same
+    split); $MEDXGAN_CACHE_DIR is the fallback and the flag wins over it."""
+    monkeypatch.delenv("MEDXGAN_CACHE_DIR", raising=False)
+    root = _folder(tmp_path, pos=4, neg=4, size=20)
+    tiny = ["--size", "16", "--device", "cpu", "--no-progress", "--set", "classifier.epochs=1",
+            "--set", "classifier.width=4", "--set", "classifier.depth=2"]
+    cache = tmp_path / "cache"
+    for run in ("r1", "r2"):
+        rc, _, err = run_cli("train-classifier", "--data", root, "--out", tmp_path / run, "--cache-dir", cache, *tiny)
+        assert rc == 0, err
+    assert len(list(cache.iterdir())) == 1 and next(cache.iterdir()).name.startswith("images-")
+    assert json.loads((tmp_path / "r2/split.json").read_text()) == json.loads((tmp_path / "r1/split.json").read_text())
+    env_cache = tmp_path / "env-cache"
+    monkeypatch.setenv("MEDXGAN_CACHE_DIR", str(env_cache))
+    assert main(["train-classifier", "--data", str(root), "--out", str(tmp_path / "r3"), "--cache-dir", str(cache), *tiny]) == 0
+    assert not env_cache.exists() and len(list(cache.iterdir())) == 1  # the flag wins, and its file was re-used
+    assert main(["train-classifier", "--data", str(root), "--out", str(tmp_path / "r4"), *tiny]) == 0
+    assert len(list(env_cache.glob("images-*.pt"))) == 1
+
+
 def test_unwritable_out(tmp_path):
     if os.geteuid() == 0:  # root writes through permission bits; /proc takes no new directories
         target = Path("/proc/medxgan-unwritable") / "x"

@@ -85,10 +85,17 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_splits(data: str, dcfg, out: Path | None = None, split_file: Path | None = None, progress=True, **kw) -> dict:
+def load_splits(data: str, dcfg, out: Path | None = None, split_file: Path | None = None, progress=True,
+                cache_dir: str | Path | None = None, **kw) -> dict:
     """{train, val, test} LabeledImages for a folder (seeded stratified split, saved as
-    ``out/split.json``, or re-used from ``split_file``) or a MedMNIST .npz (its own splits)."""
+    ``out/split.json``, or re-used from ``split_file``) or a MedMNIST .npz (its own splits).
+
+    ``cache_dir`` (else ``$MEDXGAN_CACHE_DIR``; neither: no cache) keeps a class-folder data set
+    decoded there (:func:`medxgan.data.load_folder_cached`); .npz files and the volumes layout are
+    always read directly."""
     from medxgan import data as D
+
+    cache_dir = cache_dir or os.environ.get("MEDXGAN_CACHE_DIR") or None  # the flag wins; "" counts as unset
 
     path = Path(data)
     if not path.exists():
@@ -106,9 +113,9 @@ def load_splits(data: str, dcfg, out: Path | None = None, split_file: Path | Non
         full = D.load_nifti_volumes(path, size=dcfg.size, channels=dcfg.channels, resize=dcfg.resize,
                                     axis=dcfg.nifti_axis, progress=progress)
     else:
-        full = D.load_folder(path, size=dcfg.size, channels=dcfg.channels, positive=dcfg.positive, negative=dcfg.negative,
-                             resize=dcfg.resize, progress=progress, medical=dcfg.medical(),
-                             allow_upscale=dcfg.allow_upscale, **kw)
+        folder_kw = dict(size=dcfg.size, channels=dcfg.channels, positive=dcfg.positive, negative=dcfg.negative,
+                         resize=dcfg.resize, progress=progress, medical=dcfg.medical(), allow_upscale=dcfg.allow_upscale, **kw)
+        full = D.load_folder_cached(path, cache_dir, **folder_kw) if cache_dir else D.load_folder(path, **folder_kw)
     if split_file is not None:
         idx = D.load_split(split_file, names=full)
     elif dcfg.layout == "volumes":
@@ -165,7 +172,7 @@ def cmd_train_classifier(args) -> int:
     out = _prepare_out(args.out, marker=CLASSIFIER_FILE) if main else Path(args.out)
     dist_.barrier(ctx)
     splits = load_splits(args.data, cfg.data, out if main else None, progress=not args.no_progress and main,
-                         **_mask_kwargs(args))
+                         cache_dir=args.cache_dir, **_mask_kwargs(args))
     if main:
         _write_json(out / "config.json", cfg.to_dict())
     brought = None
@@ -246,7 +253,8 @@ def cmd_train(args) -> int:
     dist_.barrier(ctx)
     split_file = cpath.parent / "split.json"
     split_file = split_file if split_file.exists() and not str(args.data).endswith(".npz") else None
-    splits = load_splits(args.data, cfg.data, out if main else None, split_file=split_file, progress=progress, **_mask_kwargs(args))
+    splits = load_splits(args.data, cfg.data, out if main else None, split_file=split_file, progress=progress,
+                         cache_dir=args.cache_dir, **_mask_kwargs(args))
     if main:
         _write_json(out / "config.json", cfg.to_dict())
         if not args.resume or not (out / ckpt.CLASSIFIER_FILE).exists():
@@ -298,7 +306,8 @@ def cmd_train_encoder(args) -> int:
     dcfg = from_dict(DataConfig, saved.get("data", {}))
     split_file = run / "split.json"
     split_file = split_file if split_file.exists() and not str(args.data).endswith(".npz") else None
-    splits = load_splits(args.data, dcfg, None, split_file=split_file, progress=not args.no_progress, **_mask_kwargs(args))
+    splits = load_splits(args.data, dcfg, None, split_file=split_file, progress=not args.no_progress, cache_dir=args.cache_dir,
+                         **_mask_kwargs(args))
     device = resolve_device(args.device)
     real = splits["train"].images
     if real.shape[1:] != (gmeta["channels"], gmeta["size"], gmeta["size"]):
@@ -346,7 +355,7 @@ def _explain_inputs(args, dcfg, progress):
     if args.data:
         split_file = Path(args.model) / "split.json"
         splits = load_splits(args.data, dcfg, split_file=split_file if split_file.exists() and not args.data.endswith(".npz") else None,
-                             progress=progress, **_mask_kwargs(args))
+                             progress=progress, cache_dir=args.cache_dir, **_mask_kwargs(args))
         part = splits[args.split]
         idx = torch.nonzero(part.labels == 1).flatten() if not args.all_classes else torch.arange(len(part))
         if args.n is not None:
@@ -522,7 +531,7 @@ def cmd_fidelity(args) -> int:
     G, C = G.to(device), C.to(device)
     split_file = Path(args.model) / "split.json"
     splits = load_splits(args.data, dcfg, split_file=split_file if split_file.exists() and not args.data.endswith(".npz") else None,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, cache_dir=args.cache_dir)
     runs = [generated_accuracy(G, C, n_z1=args.n_z1, seed=s, device=device) for s in range(args.repeats)]
     acc = torch.tensor([r["accuracy"] for r in runs])
     auc = torch.tensor([r["auc"] for r in runs])
@@ -594,7 +603,8 @@ def cmd_evaluate(args) -> int:
     if not uses_npz and not split_file.exists():
         # Without the run's split the "test" images could be training images: refuse.
         raise MedxganError(f"{args.model}: no split.json; the evaluation needs the run's own split to stay off its training images")
-    splits = load_splits(args.data, dcfg, split_file=None if uses_npz else split_file, progress=progress, **_mask_kwargs(args))
+    splits = load_splits(args.data, dcfg, split_file=None if uses_npz else split_file, progress=progress, cache_dir=args.cache_dir,
+                         **_mask_kwargs(args))
     test = splits["test"]
     expected = (gmeta["channels"], gmeta["size"], gmeta["size"])
     if tuple(test.images.shape[1:]) != expected:
@@ -707,6 +717,10 @@ def cmd_demo(args) -> int:
 
 # --- parser --------------------------------------------------------------------------------
 
+CACHE_DIR_HELP = ("keep class-folder images decoded in DIR (one tensor file per data set and settings, rebuilt when a file "
+                  "changes; put it outside the data folder). Default: $MEDXGAN_CACHE_DIR, else no cache")
+
+
 def _add_common(p, data=True):
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | mps")
     p.add_argument("--config", help="JSON run config (sections data, classifier, gan)")
@@ -729,6 +743,7 @@ def _add_common(p, data=True):
         p.add_argument("--no-upscale", dest="allow_upscale", action="store_false", default=None,
                        help="refuse images smaller than --size instead of enlarging them")
         p.add_argument("--slice", type=int, help="NIfTI slice taken from volumes in class folders (default: the middle)")
+        p.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -805,6 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", help="folder of lesion masks named like the images")
     p.add_argument("--via", help="VGG Image Annotator JSON (with --data)")
     p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP + " (with --data)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_explain)
@@ -815,6 +831,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-z1", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", help="also write the result to this JSON file")
+    p.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_fidelity)
@@ -836,6 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", help="folder of lesion masks named like the images")
     p.add_argument("--via", help="VGG Image Annotator JSON with lesion outlines")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
+    p.add_argument("--cache-dir", metavar="DIR", help=CACHE_DIR_HELP)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
