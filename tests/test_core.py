@@ -240,3 +240,44 @@ def test_change_prior_pairs_codes_and_penalises_the_change():
     assert train_step(init_state(TINY_GAN, 16, 1), torch.rand(8, 1, 16, 16) * 2 - 1, clf, TINY_GAN)["change_l1"] == 0
     with pytest.raises(MedxganError, match="even"):
         GANConfig(batch_size=7, change_l1=1.0)
+
+
+def test_models_saved_before_new_options_rebuild_as_trained(tmp_path):
+    """A generator file whose stored config predates gan.g_upsample / gan.d_mbstd_group is rebuilt
+    with nearest upsampling (what it was trained with), bit-exactly; new configs get bilinear."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    old_cfg = dataclasses.replace(TINY_GAN, g_upsample="nearest", d_mbstd_group=1)
+    G = build_generator(old_cfg, 16, 1).eval()
+    ckpt.save_generator(tmp_path / "g.safetensors", G, old_cfg, 16, 1)
+    meta = ckpt.read_metadata(tmp_path / "g.safetensors")
+    for key in ("g_upsample", "d_mbstd_group"):
+        del meta["gan"][key]
+    stripped = tmp_path / "old.safetensors"
+    save_file(load_file(tmp_path / "g.safetensors"),
+              stripped, metadata={k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in meta.items()})
+    G_old, meta_old = ckpt.load_generator(stripped)
+    z1, z2 = torch.randn(3, 8), torch.randn(3, 4)
+    assert torch.equal(G_old(z1, z2), G(z1, z2))
+    assert GANConfig().g_upsample == "bilinear" and GANConfig().d_mbstd_group == 4
+
+
+def test_classifier_term_margin_stops_at_confident_images():
+    """cls_margin m: an image whose class log-odds exceed m adds nothing; the others keep -log p."""
+    from medxgan.models.classifier import positive_class_loss
+
+    clf = BinaryClassifier(nn.Sequential(nn.Flatten(), nn.Linear(1, 1)), 1)
+    with torch.no_grad():
+        clf.net[1].weight.fill_(1.0)
+        clf.net[1].bias.fill_(0.0)
+    logits = torch.tensor([5.0, 1.0, -5.0, -1.0])  # log-odds of positive = the pixel value
+    x = logits.view(4, 1, 1, 1)
+    y = torch.tensor([1, 1, 0, 0])
+    plain = torch.nn.functional.softplus(-torch.tensor([5.0, 1.0, 5.0, 1.0]))  # -log p(y)
+    assert torch.allclose(positive_class_loss(clf, x, y), plain.mean())
+    # margin 3: the two confident images (class log-odds 5) drop out, the mean stays over 4
+    assert torch.allclose(positive_class_loss(clf, x, y, margin=3.0), (plain[1] + plain[3]) / 4)
+    with pytest.raises(MedxganError, match="cls_margin"):
+        GANConfig(cls_margin=-1)

@@ -83,6 +83,11 @@ class ClassifierConfig:
 
 @dataclass(frozen=True)
 class GANConfig:
+    # Fields added after models were first saved, with the value that rebuilds an older model (or
+    # resumes an older run) exactly as it was trained; :func:`from_dict` fills them in when a
+    # stored config lacks them. Configs assembled from the defaults never go through this.
+    LEGACY_DEFAULTS: typing.ClassVar[dict] = {"g_upsample": "nearest", "d_mbstd_group": 1}
+
     arch: str = "medxgan"  # medxgan (ours: upsample+conv G, spectral-norm D) | paper (official DCGAN layout)
     code: str = "continuous"  # continuous (medXGAN: z2 = 0 / N(0,I)) | discrete (one-hot class code)
     z1_dim: int = 128  # anatomy code
@@ -101,10 +106,12 @@ class GANConfig:
     ema: float = 0.995  # EMA decay of G's weights (0 disables)
     ema_start: int = 200  # steps before EMA starts tracking
     r1_gamma: float = 0.0  # R1 penalty on real images (0 disables)
+    cls_margin: float = 0.0  # > 0: the classifier term stops pushing an image once its class log-odds pass this margin; 0 = Eq. 4's plain -log p
     change_l1: float = 0.0  # weight of mean |G(z1, z2) - G(z1, neg)| (G's batch becomes negative/positive pairs); 0 = Eq. 4 as published
     diff_augment: bool = True  # random translation of real and fake before D (small data)
     d_norm: str = "batch"  # normalisation in D: batch (DCGAN; fastest to anatomy here) | spectral | none
     g_norm: str = "batch"  # normalisation in G (medxgan arch): batch | none
+    g_upsample: str = "bilinear"  # 2x upsampling in G (medxgan arch): bilinear | nearest
     d_mbstd_group: int = 4  # minibatch-stddev feature in D over groups of this size (anti mode collapse); 1 = off
     bf16: bool = False  # bf16 autocast for the forward passes on CUDA (ignored on other devices)
     checkpoint_every: int = 500
@@ -116,12 +123,16 @@ class GANConfig:
             raise MedxganError(f"gan.arch must be medxgan or paper, got {self.arch!r}")
         if self.g_norm not in ("batch", "none"):
             raise MedxganError(f"gan.g_norm must be batch or none, got {self.g_norm!r}")
+        if self.g_upsample not in ("bilinear", "nearest"):
+            raise MedxganError(f"gan.g_upsample must be bilinear or nearest, got {self.g_upsample!r}")
         if self.d_norm not in ("spectral", "batch", "none"):
             raise MedxganError(f"gan.d_norm must be spectral, batch or none, got {self.d_norm!r}")
         if self.code not in ("continuous", "discrete"):
             raise MedxganError(f"gan.code must be continuous or discrete, got {self.code!r}")
         if min(self.z1_dim, self.z2_dim, self.ngf, self.ndf, self.steps, self.batch_size) < 1:
             raise MedxganError("gan dims, widths, steps and batch_size must be positive")
+        if self.cls_margin < 0:
+            raise MedxganError(f"gan.cls_margin must be >= 0 (0 = off), got {self.cls_margin}")
         if self.change_l1 < 0:
             raise MedxganError(f"gan.change_l1 must be >= 0, got {self.change_l1}")
         if self.change_l1 > 0 and self.batch_size % 2:
@@ -155,7 +166,7 @@ def from_dict(cls, d: dict):
     if not isinstance(d, dict):
         raise MedxganError(f"config for {cls.__name__} must be an object, got {type(d).__name__}")
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    kwargs = {k: v for k, v in getattr(cls, "LEGACY_DEFAULTS", {}).items() if k not in d}
     names = {f.name for f in dataclasses.fields(cls)}
     for key, value in d.items():
         if key not in names:

@@ -152,6 +152,18 @@ def last_conv_layer(model: nn.Module) -> nn.Conv2d:
     return convs[-1]
 
 
-def positive_class_loss(classifier: BinaryClassifier, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """-log p_C(y | x) for binary labels y, through the positive-class log-odds (Eq. 4 third term)."""
-    return F.binary_cross_entropy_with_logits(classifier.positive_logit(images), labels.float())
+def positive_class_loss(classifier: BinaryClassifier, images: torch.Tensor, labels: torch.Tensor,
+                        margin: float = 0.0) -> torch.Tensor:
+    """-log p_C(y | x) for binary labels y, through the positive-class log-odds (Eq. 4 third term).
+
+    ``margin`` > 0: images whose log-odds for their class y already exceed ``margin`` contribute
+    nothing (the mean stays over the whole batch). Plain -log p keeps pulling confidently
+    classified images towards the classifier's most prototypical image of the class, which
+    collapses the variety of anatomy; with a margin the gradient goes to the images the
+    classifier does not yet recognise."""
+    logits = classifier.positive_logit(images)
+    losses = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="none")
+    if margin > 0:
+        signed = torch.where(labels.bool(), logits, -logits)  # log-odds of the class y
+        losses = losses * (signed.detach() < margin).to(losses.dtype)
+    return losses.mean()

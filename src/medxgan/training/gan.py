@@ -138,7 +138,7 @@ def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier
     finally:
         D.requires_grad_(True)
     with amp:
-        loss_cls = positive_class_loss(classifier, fake, y).float()
+        loss_cls = positive_class_loss(classifier, fake, y, margin=cfg.cls_margin).float()
     lam = lambda_at(cfg, state.step)
     loss_g = loss_adv + lam * loss_cls
     loss_change = torch.zeros((), device=device)
