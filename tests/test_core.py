@@ -244,7 +244,8 @@ def test_change_prior_pairs_codes_and_penalises_the_change():
 
 def test_models_saved_before_new_options_rebuild_as_trained(tmp_path):
     """A generator file whose stored config predates gan.g_upsample / gan.d_mbstd_group is rebuilt
-    with nearest upsampling (what it was trained with), bit-exactly; new configs get bilinear."""
+    as it was trained (nearest upsampling), bit-exactly; a stored run config without
+    d_mbstd_group gets the D it was trained with (no minibatch-stddev feature)."""
     import dataclasses
 
     from safetensors.torch import load_file
@@ -261,7 +262,11 @@ def test_models_saved_before_new_options_rebuild_as_trained(tmp_path):
     G_old, meta_old = ckpt.load_generator(stripped)
     z1, z2 = torch.randn(3, 8), torch.randn(3, 4)
     assert torch.equal(G_old(z1, z2), G(z1, z2))
-    assert GANConfig().g_upsample == "bilinear" and GANConfig().d_mbstd_group == 4
+    from medxgan.config import from_dict
+
+    stored = dataclasses.asdict(TINY_GAN)
+    del stored["d_mbstd_group"]
+    assert from_dict(GANConfig, stored).d_mbstd_group == 1 and GANConfig().d_mbstd_group == 4
 
 
 def test_classifier_term_margin_stops_at_confident_images():

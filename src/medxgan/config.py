@@ -86,7 +86,7 @@ class GANConfig:
     # Fields added after models were first saved, with the value that rebuilds an older model (or
     # resumes an older run) exactly as it was trained; :func:`from_dict` fills them in when a
     # stored config lacks them. Configs assembled from the defaults never go through this.
-    LEGACY_DEFAULTS: typing.ClassVar[dict] = {"g_upsample": "nearest", "d_mbstd_group": 1}
+    LEGACY_DEFAULTS: typing.ClassVar[dict] = {"d_mbstd_group": 1}
 
     arch: str = "medxgan"  # medxgan (ours: upsample+conv G, spectral-norm D) | paper (official DCGAN layout)
     code: str = "continuous"  # continuous (medXGAN: z2 = 0 / N(0,I)) | discrete (one-hot class code)
@@ -111,7 +111,7 @@ class GANConfig:
     diff_augment: bool = True  # random translation of real and fake before D (small data)
     d_norm: str = "batch"  # normalisation in D: batch (DCGAN; fastest to anatomy here) | spectral | none
     g_norm: str = "batch"  # normalisation in G (medxgan arch): batch | none
-    g_upsample: str = "bilinear"  # 2x upsampling in G (medxgan arch): bilinear | nearest
+    g_upsample: str = "nearest"  # 2x upsampling in G (medxgan arch): nearest | bilinear (smooth, but D then wins on texture)
     d_mbstd_group: int = 4  # minibatch-stddev feature in D over groups of this size (anti mode collapse); 1 = off
     bf16: bool = False  # bf16 autocast for the forward passes on CUDA (ignored on other devices)
     checkpoint_every: int = 500
