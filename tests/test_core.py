@@ -157,7 +157,8 @@ def test_training_moves_losses_the_right_way():
         clf.net[2].bias.fill_(0.0)
     clf.frozen()
     before = [p.clone() for p in clf.parameters()]
-    cfg = GANConfig(z1_dim=8, z2_dim=4, ngf=8, ndf=8, batch_size=16, lam=2.0, lam_start=0, lam_warmup=0, diff_augment=False, lr_g=2e-3)
+    cfg = GANConfig(z1_dim=8, z2_dim=4, ngf=8, ndf=8, batch_size=16, lam=2.0, lam_start=0, lam_warmup=0, diff_augment=False, lr_g=2e-3,
+                    cls_augment=False)
     state = init_state(cfg, 16, 1)
     real = torch.rand(16, 1, 16, 16) * 2 - 1
     losses = [train_step(state, real, clf, cfg)["loss_cls"] for _ in range(60)]
@@ -286,3 +287,49 @@ def test_classifier_term_margin_stops_at_confident_images():
     assert torch.allclose(positive_class_loss(clf, x, y, margin=3.0), (plain[1] + plain[3]) / 4)
     with pytest.raises(MedxganError, match="cls_margin"):
         GANConfig(cls_margin=-1)
+
+
+def test_classifier_term_sees_augmented_images_deterministically():
+    """gan.cls_augment: C receives G's images flipped/shifted/jittered (never G's exact pixels),
+    drawn from the step's own random stream, so two runs see the same augmentations."""
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return x.mean(dim=(1, 2, 3))[:, None]
+
+    clf = BinaryClassifier(Recorder(), 1).frozen()
+    real = torch.rand(8, 1, 16, 16) * 2 - 1
+    for augment in (True, True, False):
+        cfg = GANConfig(z1_dim=8, z2_dim=4, ngf=4, ndf=4, batch_size=8, lam_start=0, lam_warmup=0, cls_augment=augment)
+        state = init_state(cfg, 16, 1)
+        train_step(state, real, clf, cfg)
+    (a,), (b,), (plain,) = seen[0:1], seen[1:2], seen[2:3]
+    assert torch.equal(a, b)  # same seed and step -> the same augmentation
+    assert not torch.equal(a, plain)  # plain is G's exact output; a is its augmented copy
+    assert a.shape == plain.shape and a.min() >= -1 and a.max() <= 1
+
+
+def test_instance_noise_reaches_discriminator_inputs_only():
+    """gan.instance_noise: D's real and fake inputs get seeded Gaussian noise of that std; the
+    same seed and step give the same noise; noise 0 leaves D's inputs as the images."""
+    import dataclasses
+
+    real = torch.zeros(8, 1, 16, 16)
+    clf = build_classifier(ClassifierConfig(width=4, depth=2), 16, 1).frozen()
+    seen = {}
+    for noise in (0.0, 0.5, 0.5):
+        cfg = GANConfig(z1_dim=8, z2_dim=4, ngf=4, ndf=4, batch_size=8, diff_augment=False, instance_noise=noise,
+                        lam_start=0, lam_warmup=0)
+        state = init_state(cfg, 16, 1)
+        inputs = []
+        hook = state.D.features.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach().clone()))
+        train_step(state, real, clf, cfg)
+        hook.remove()
+        seen.setdefault(noise, []).append(inputs[0])  # the first D call sees the real batch
+    assert torch.equal(seen[0.0][0], real)
+    a, b = seen[0.5]
+    assert torch.equal(a, b) and abs(float(a.std()) - 0.5) < 0.05
+    with pytest.raises(MedxganError, match="instance_noise"):
+        dataclasses.replace(TINY_GAN, instance_noise=-0.1)

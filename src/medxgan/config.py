@@ -86,7 +86,7 @@ class GANConfig:
     # Fields added after models were first saved, with the value that rebuilds an older model (or
     # resumes an older run) exactly as it was trained; :func:`from_dict` fills them in when a
     # stored config lacks them. Configs assembled from the defaults never go through this.
-    LEGACY_DEFAULTS: typing.ClassVar[dict] = {"d_mbstd_group": 1}
+    LEGACY_DEFAULTS: typing.ClassVar[dict] = {"d_mbstd_group": 1, "cls_augment": False}
 
     arch: str = "medxgan"  # medxgan (ours: upsample+conv G, spectral-norm D) | paper (official DCGAN layout)
     code: str = "continuous"  # continuous (medXGAN: z2 = 0 / N(0,I)) | discrete (one-hot class code)
@@ -106,8 +106,10 @@ class GANConfig:
     ema: float = 0.995  # EMA decay of G's weights (0 disables)
     ema_start: int = 200  # steps before EMA starts tracking
     r1_gamma: float = 0.0  # R1 penalty on real images (0 disables)
+    cls_augment: bool = True  # the classifier term sees G's images flipped/shifted/jittered as in C's training, so G cannot please C with pixel-aligned patterns
     cls_margin: float = 0.0  # > 0: the classifier term stops pushing an image once its class log-odds pass this margin; 0 = Eq. 4's plain -log p
     change_l1: float = 0.0  # weight of mean |G(z1, z2) - G(z1, neg)| (G's batch becomes negative/positive pairs); 0 = Eq. 4 as published
+    instance_noise: float = 0.0  # std of Gaussian noise added to D's real and fake inputs (in [-1,1] units); 0 = off
     diff_augment: bool = True  # random translation of real and fake before D (small data)
     d_norm: str = "batch"  # normalisation in D: batch (DCGAN; fastest to anatomy here) | spectral | none
     g_norm: str = "batch"  # normalisation in G (medxgan arch): batch | none
@@ -131,6 +133,8 @@ class GANConfig:
             raise MedxganError(f"gan.code must be continuous or discrete, got {self.code!r}")
         if min(self.z1_dim, self.z2_dim, self.ngf, self.ndf, self.steps, self.batch_size) < 1:
             raise MedxganError("gan dims, widths, steps and batch_size must be positive")
+        if self.instance_noise < 0:
+            raise MedxganError(f"gan.instance_noise must be >= 0, got {self.instance_noise}")
         if self.cls_margin < 0:
             raise MedxganError(f"gan.cls_margin must be >= 0 (0 = off), got {self.cls_margin}")
         if self.change_l1 < 0:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from medxgan import checkpoint as ckpt
 from medxgan import distributed as dist_
-from medxgan.augment import random_translate
+from medxgan.augment import classifier_augment, random_translate
 from medxgan.config import GANConfig
 from medxgan.errors import MedxganError
 from medxgan.evaluate.fidelity import generated_accuracy
@@ -99,7 +99,16 @@ def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier
     D_run = D if D_run is None else D_run
     device = real.device
     aug_gen = step_generator(cfg.seed, state.step, stream=1 + ctx.rank)
-    aug = (lambda x: random_translate(x, 0.125, aug_gen)) if cfg.diff_augment else (lambda x: x)
+    shift = (lambda x: random_translate(x, 0.125, aug_gen)) if cfg.diff_augment else (lambda x: x)
+
+    def aug(x):
+        # What D sees of real and fake images alike: a random translation, then instance noise
+        # that masks the acquisition noise of real scans, which G (deterministic, no noise input)
+        # would otherwise imitate with a regular dot texture.
+        x = shift(x)
+        if cfg.instance_noise > 0:
+            x = x + cfg.instance_noise * torch.randn(x.shape, generator=aug_gen).to(x.device, x.dtype)
+        return x
 
     y, z1, z2 = step_noise(G, cfg, state.step, ctx)
     y, z1, z2 = y.to(device), z1.to(device), z2.to(device)
@@ -137,8 +146,12 @@ def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier
         loss_adv = F.softplus(-d_gen.float()).mean()
     finally:
         D.requires_grad_(True)
+    # The classifier sees G's images under the light augmentation it was trained with (flip,
+    # shift, intensity jitter): a max-pool CNN's input gradient is a pixel-aligned dot grid, and
+    # without this G learns to draw that grid to please C (samples covered in regular dots).
+    cls_in = classifier_augment(fake, step_generator(cfg.seed, state.step, stream=1000 + ctx.rank)) if cfg.cls_augment else fake
     with amp:
-        loss_cls = positive_class_loss(classifier, fake, y, margin=cfg.cls_margin).float()
+        loss_cls = positive_class_loss(classifier, cls_in, y, margin=cfg.cls_margin).float()
     lam = lambda_at(cfg, state.step)
     loss_g = loss_adv + lam * loss_cls
     loss_change = torch.zeros((), device=device)
