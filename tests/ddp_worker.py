@@ -16,7 +16,7 @@ from medxgan.phantoms import generate_phantoms
 from medxgan.training import gan as tg
 
 CFG = dict(z1_dim=8, z2_dim=4, ngf=4, ndf=4, batch_size=8, checkpoint_every=4, sample_every=1000, ema_start=1,
-           lam_start=2, lam_warmup=2, g_norm="none", d_norm="none", d_mbstd_group=1, diff_augment=False, seed=3)
+           lam_start=2, lam_warmup=2, g_norm="none", d_norm="none", d_mbstd_group=1, diff_augment=False, cls_augment=False, seed=3)
 
 
 def main():

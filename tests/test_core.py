@@ -158,7 +158,7 @@ def test_training_moves_losses_the_right_way():
     clf.frozen()
     before = [p.clone() for p in clf.parameters()]
     cfg = GANConfig(z1_dim=8, z2_dim=4, ngf=8, ndf=8, batch_size=16, lam=2.0, lam_start=0, lam_warmup=0, diff_augment=False, lr_g=2e-3,
-                    cls_augment=False)
+                    cls_augment=False, cls_margin=0.0, change_l1=0.0)  # Eq. 4 exactly as published
     state = init_state(cfg, 16, 1)
     real = torch.rand(16, 1, 16, 16) * 2 - 1
     losses = [train_step(state, real, clf, cfg)["loss_cls"] for _ in range(60)]
@@ -238,7 +238,10 @@ def test_change_prior_pairs_codes_and_penalises_the_change():
     state = init_state(cfg, 16, 1)
     record = train_step(state, torch.rand(8, 1, 16, 16) * 2 - 1, clf, cfg)
     assert record["change_l1"] > 0
-    assert train_step(init_state(TINY_GAN, 16, 1), torch.rand(8, 1, 16, 16) * 2 - 1, clf, TINY_GAN)["change_l1"] == 0
+    import dataclasses
+
+    plain = dataclasses.replace(TINY_GAN, change_l1=0.0)
+    assert train_step(init_state(plain, 16, 1), torch.rand(8, 1, 16, 16) * 2 - 1, clf, plain)["change_l1"] == 0
     with pytest.raises(MedxganError, match="even"):
         GANConfig(batch_size=7, change_l1=1.0)
 

@@ -86,7 +86,8 @@ class GANConfig:
     # Fields added after models were first saved, with the value that rebuilds an older model (or
     # resumes an older run) exactly as it was trained; :func:`from_dict` fills them in when a
     # stored config lacks them. Configs assembled from the defaults never go through this.
-    LEGACY_DEFAULTS: typing.ClassVar[dict] = {"d_mbstd_group": 1, "cls_augment": False}
+    LEGACY_DEFAULTS: typing.ClassVar[dict] = {"d_mbstd_group": 1, "cls_augment": False, "cls_margin": 0.0,
+                                               "change_l1": 0.0, "instance_noise": 0.0}
 
     arch: str = "medxgan"  # medxgan (ours: upsample+conv G, spectral-norm D) | paper (official DCGAN layout)
     code: str = "continuous"  # continuous (medXGAN: z2 = 0 / N(0,I)) | discrete (one-hot class code)
@@ -95,20 +96,20 @@ class GANConfig:
     ngf: int = 16
     ndf: int = 16
     steps: int = 2000
-    batch_size: int = 32
+    batch_size: int = 24
     lr_g: float = 5e-4  # G learns faster than D: with a BatchNorm D this got anatomy in hundreds of steps
     lr_d: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
-    lam: float = 1.0  # weight of the classifier term -log p_C(y | G(z1, y)) (Eq. 4 has 1)
-    lam_start: int = 600  # steps of pure GAN training (lambda = 0): anatomy first
-    lam_warmup: int = 300  # then lambda ramps up linearly to `lam` over this many steps
-    ema: float = 0.995  # EMA decay of G's weights (0 disables)
-    ema_start: int = 200  # steps before EMA starts tracking
+    lam: float = 3.0  # weight of the classifier term -log p_C(y | G(z1, y)) (Eq. 4 has 1)
+    lam_start: int = 300  # steps of pure GAN training (lambda = 0): anatomy first
+    lam_warmup: int = 200  # then lambda ramps up linearly to `lam` over this many steps
+    ema: float = 0.99  # EMA decay of G's weights (0 disables); a short horizon follows the classifier term
+    ema_start: int = 300  # steps before EMA starts tracking
     r1_gamma: float = 0.0  # R1 penalty on real images (0 disables)
     cls_augment: bool = True  # the classifier term sees G's images flipped/shifted/jittered as in C's training, so G cannot please C with pixel-aligned patterns
-    cls_margin: float = 0.0  # > 0: the classifier term stops pushing an image once its class log-odds pass this margin; 0 = Eq. 4's plain -log p
-    change_l1: float = 0.0  # weight of mean |G(z1, z2) - G(z1, neg)| (G's batch becomes negative/positive pairs); 0 = Eq. 4 as published
+    cls_margin: float = 3.0  # > 0: the classifier term stops pushing an image once its class log-odds pass this margin; 0 = Eq. 4's plain -log p
+    change_l1: float = 2.0  # weight of mean |G(z1, z2) - G(z1, neg)| (G's batch becomes negative/positive pairs); 0 = Eq. 4 as published
     instance_noise: float = 0.0  # std of Gaussian noise added to D's real and fake inputs (in [-1,1] units); 0 = off
     diff_augment: bool = True  # random translation of real and fake before D (small data)
     d_norm: str = "batch"  # normalisation in D: batch (DCGAN; fastest to anatomy here) | spectral | none

@@ -44,10 +44,17 @@ def gan_config(ctx, code: str | None = None) -> GANConfig:
         cfg, steps=int(steps), seed=ctx.seed,
         lam_start=int(round(cfg.lam_start * scale)), lam_warmup=int(round(cfg.lam_warmup * scale)),
         ema_start=int(round(cfg.ema_start * scale)),
-        batch_size=min(cfg.batch_size, len(ctx.train_images)),
+        batch_size=_fitting_batch(cfg, len(ctx.train_images)),
         code=code if code is not None else cfg.code,
     )
     return cfg
+
+
+def _fitting_batch(cfg: GANConfig, n_images: int) -> int:
+    """The run's GAN batch, shrunk to the training set if smaller (kept even when the change
+    prior pairs images)."""
+    batch = min(cfg.batch_size, n_images)
+    return max(2, batch - batch % 2) if cfg.change_l1 > 0 else batch
 
 
 def evaluation_inversion(ctx) -> InversionConfig:
