@@ -614,7 +614,7 @@ def cmd_evaluate(args) -> int:
     out = _prepare_out(Path(args.out))
 
     quick = args.quick
-    n_images = args.n_images if args.n_images is not None else (4 if quick else 100)
+    n_images = args.n_images if args.n_images is not None else (4 if quick else 50)
     repeats = args.repeats if args.repeats is not None else (1 if quick else 3)
     steps = args.inversion_steps if args.inversion_steps is not None else (40 if quick else 600)
     restarts = args.restarts if args.restarts is not None else (1 if quick else 4)
@@ -841,11 +841,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiments", help="comma-separated experiment names (default: all; see --list-experiments)")
     p.add_argument("--list-experiments", action="store_true", help="list the registered experiments and exit")
     p.add_argument("--methods", default="difference,lig,gradcam,ig,ig_negative,random", help="explanation methods compared")
-    p.add_argument("--n-images", type=int, help="explain at most N test positives (default 100; --quick: 4)")
+    p.add_argument("--n-images", type=int, help="explain at most N test positives (default 50; --quick: 4)")
     p.add_argument("--repeats", type=int, help="repetitions where the protocol repeats (default 3; --quick: 1)")
     p.add_argument("--inversion-steps", type=int, help="inversion step cap per image (default 600; --quick: 40)")
     p.add_argument("--restarts", type=int, help="inversion starts per image (default 4; --quick: 1)")
-    p.add_argument("--gan-steps", type=int, help="steps of experiments that train fresh generators (default: the run's gan.steps)")
+    p.add_argument("--gan-steps", type=int, help="steps of experiments that train fresh generators (default: the run's gan.steps, at most 800)")
     p.add_argument("--seed", type=int, default=0, help="every random draw of the evaluation derives from it")
     p.add_argument("--quick", action="store_true", help="tiny budgets for smoke tests (about 2 minutes)")
     p.add_argument("--masks", help="folder of lesion masks named like the images")

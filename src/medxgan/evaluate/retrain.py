@@ -3,8 +3,9 @@ class-code ablation): the run's own configs, the evaluation's budget and seed.
 
 Budgets: the classifier is a re-initialised copy of ``ctx.C`` (its architecture, whatever the run's
 config says) trained with the run's ``classifier`` settings (1 epoch in quick mode); the GAN
-keeps the run's ``gan`` section with ``steps = ctx.gan_steps`` (default: the run's ``gan.steps``,
-at most :data:`QUICK_GAN_STEPS` in quick mode). When the step budget differs from the run's, the
+keeps the run's ``gan`` section with ``steps = ctx.gan_steps`` (default: the run's ``gan.steps``
+capped at :data:`FRESH_GAN_STEPS`, so that a full evaluation, which trains three fresh generators,
+stays within an hour on 2 CPU cores; at most :data:`QUICK_GAN_STEPS` in quick mode). When the step budget differs from the run's, the
 step-counted schedule (``lam_start``, ``lam_warmup``, ``ema_start``) is scaled by the same factor,
 so that a shorter run still spends the same share of its steps with the classifier term on.
 """
@@ -20,6 +21,7 @@ import torch.nn as nn
 from medxgan.config import ClassifierConfig, GANConfig, from_dict
 from medxgan.inversion import InversionConfig
 
+FRESH_GAN_STEPS = 800  # default cap on fresh generators' steps (ablation, data randomisation); --gan-steps overrides
 QUICK_GAN_STEPS = 30  # GAN steps of freshly trained generators in quick mode (smoke test, not a result)
 QUICK_CLASSIFIER_EPOCHS = 1
 
@@ -38,7 +40,7 @@ def gan_config(ctx, code: str | None = None) -> GANConfig:
     """The run's GAN config with the evaluation's step budget and seed (see the module docstring);
     ``code`` ("continuous" / "discrete") overrides the class code."""
     cfg = from_dict(GANConfig, ctx.run_config["gan"]) if "gan" in ctx.run_config else GANConfig()
-    steps = ctx.gan_steps if ctx.gan_steps is not None else (min(cfg.steps, QUICK_GAN_STEPS) if ctx.quick else cfg.steps)
+    steps = ctx.gan_steps if ctx.gan_steps is not None else min(cfg.steps, QUICK_GAN_STEPS if ctx.quick else FRESH_GAN_STEPS)
     scale = steps / cfg.steps
     cfg = dataclasses.replace(
         cfg, steps=int(steps), seed=ctx.seed,
@@ -99,5 +101,5 @@ def train_fresh_gan(ctx, classifier, code: str | None = None):
     return generator.to(ctx.device).eval().requires_grad_(False), cfg
 
 
-__all__ = ["QUICK_CLASSIFIER_EPOCHS", "QUICK_GAN_STEPS", "classifier_config", "evaluation_inversion", "gan_config",
+__all__ = ["FRESH_GAN_STEPS", "QUICK_CLASSIFIER_EPOCHS", "QUICK_GAN_STEPS", "classifier_config", "evaluation_inversion", "gan_config",
            "reinitialised_copy", "train_fresh_classifier", "train_fresh_gan"]
