@@ -16,6 +16,6 @@ if [ ! -f "$OUT/gan/metrics.json" ]; then
   $M train --data "$DATA" --classifier "$OUT/clf" --out "$OUT/gan" --no-progress $RESUME --set gan.steps="$STEPS"
 fi
 [ -f "$OUT/fidelity.json" ] || $M fidelity --model "$OUT/gan" --data "$DATA" --no-progress --out "$OUT/fidelity.json"
-# the first test positives of the split that carry a VIA outline (explain reads the outlines itself)
-$M explain --model "$OUT/gan" --data "$DATA" --n 8 --out "$OUT/report" --no-progress --title "medXGAN on Br35H test positives"
+# the first test positives of the split that carry a VIA outline (--with-mask), outlines drawn on every map
+$M explain --model "$OUT/gan" --data "$DATA" --with-mask --n 8 --out "$OUT/report" --no-progress --title "medXGAN on Br35H test positives"
 [ -f "$OUT/eval/metrics.json" ] || $M evaluate --model "$OUT/gan" --data "$DATA" --out "$OUT/eval" --no-progress

@@ -324,3 +324,19 @@ def test_malicious_train_state_is_refused_on_resume(tmp_path, demo_run):
     rc, _, err = run_cli(*_tiny_train_args(out, run, 20), "--resume")
     assert_one_line_error(rc, err, "cannot resume")
     assert not marker.exists()
+
+
+def test_explain_with_mask_takes_outlined_images_only(tmp_path, demo_run):
+    """--with-mask keeps the test positives that have a lesion mask; with no mask source it is a
+    one-line error."""
+    out, _ = demo_run
+    common = ["--model", out / "medxgan", "--n", "2", "--steps", "10", "--restarts", "1", "--lig-steps", "4",
+              "--methods", "difference", "--no-progress", "--device", "cpu", "--with-mask"]
+    rc, _, err = run_cli("explain", "--data", out / "phantoms", "--out", tmp_path / "rep", *common)
+    assert rc == 0, err
+    rows = json.loads((tmp_path / "rep/summary.json").read_text())["images"]
+    assert len(rows) == 2
+    bare = tmp_path / "bare"
+    shutil.copytree(out / "phantoms", bare, ignore=shutil.ignore_patterns("masks"))
+    rc, _, err = run_cli("explain", "--data", bare, "--out", tmp_path / "rep2", *common)
+    assert_one_line_error(rc, err, "--with-mask")

@@ -358,6 +358,10 @@ def _explain_inputs(args, dcfg, progress):
                              progress=progress, cache_dir=args.cache_dir, **_mask_kwargs(args))
         part = splits[args.split]
         idx = torch.nonzero(part.labels == 1).flatten() if not args.all_classes else torch.arange(len(part))
+        if args.with_mask:
+            idx = idx[part.has_mask[idx]]
+            if len(idx) == 0:
+                raise MedxganError(f"{args.data}: no image of the {args.split} split has a lesion mask or outline (--with-mask)")
         if args.n is not None:
             idx = idx[: args.n]
         if len(idx) == 0:
@@ -389,7 +393,8 @@ def _explain_settings(args, dcfg, inversion, methods, use_encoder: bool) -> dict
     return {"weights": {w: file_digest(model / w) for w in weights if (model / w).is_file()},
             "methods": methods, "target": args.target, "inversion": dc.asdict(inversion), "encoder": use_encoder,
             "frames": args.frames, "lig_steps": args.lig_steps, "data": dc.asdict(dcfg), "report_details": args.report_details,
-            "source": {"data": bool(args.data), "split": args.split, "all_classes": args.all_classes}}
+            "source": {"data": bool(args.data), "split": args.split, "all_classes": args.all_classes,
+                       "with_mask": args.with_mask}}
 
 
 def cmd_explain(args) -> int:
@@ -796,6 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="instead of files: a dataset whose held-out split to explain (positives)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--all-classes", action="store_true", help="with --data: explain negatives too")
+    p.add_argument("--with-mask", action="store_true", help="with --data: only images that have a lesion mask or outline")
     p.add_argument("--n", "--max-images", dest="n", type=int, help="explain at most N images (under torchrun spell it --max-images: torchrun mistakes --n for its own options)")
     p.add_argument("--methods", default="difference,lig,gradcam,ig,ig_negative", help="comma-separated; see --list-methods")
     p.add_argument("--list-methods", action="store_true", help="list the registered explainers and exit")
