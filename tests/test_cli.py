@@ -336,6 +336,10 @@ def test_explain_with_mask_takes_outlined_images_only(tmp_path, demo_run):
     assert rc == 0, err
     rows = json.loads((tmp_path / "rep/summary.json").read_text())["images"]
     assert len(rows) == 2
+    from PIL import Image
+
+    with Image.open(tmp_path / "rep/overview.png") as fig:  # one row per image, original + maps side by side
+        assert fig.size[0] > fig.size[1] > 100
     bare = tmp_path / "bare"
     shutil.copytree(out / "phantoms", bare, ignore=shutil.ignore_patterns("masks"))
     rc, _, err = run_cli("explain", "--data", bare, "--out", tmp_path / "rep2", *common)

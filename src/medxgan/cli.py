@@ -408,7 +408,7 @@ def cmd_explain(args) -> int:
     from medxgan.config import DataConfig, from_dict
     from medxgan.explain import explain_images, list_explainers
     from medxgan.inversion import InversionConfig
-    from medxgan.report import read_image_row, safe_names, write_image_outputs, write_report
+    from medxgan.report import read_image_row, safe_names, write_image_outputs, write_overview_figure, write_report
     from medxgan.streaming import ExplainManifest, contiguous_runs
 
     if args.list_methods:
@@ -510,6 +510,7 @@ def cmd_explain(args) -> int:
     # detailed panels were written for the images at job positions < --report-details: a prefix of the rows
     first_names = set(names[:args.report_details])
     report = write_report(out, rows, title=args.title, model_info=info, detailed=sum(r["name"] in first_names for r in rows))
+    write_overview_figure(out, rows)
     ssim = sum(r["ssim"] or 0.0 for r in rows) / len(rows)
     mono = sum(bool(r["monotone"]) for r in rows)
     neg = sum(r["prob_negative"] is not None and r["prob_negative"] < 0.1 for r in rows)

@@ -37,7 +37,8 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
-__all__ = ["write_explanations", "render_html", "write_image_outputs", "write_report", "read_image_row", "safe_names"]
+__all__ = ["write_explanations", "render_html", "write_image_outputs", "write_overview_figure", "write_report", "read_image_row",
+           "safe_names"]
 
 ROBUST_PERCENTILE = 99.5
 #: maps whose values are attributions of the same classifier output (same units): one colour scale
@@ -845,6 +846,55 @@ def write_report(out_dir, rows: list[dict], title: str = "medXGAN report", model
                                         "detailed_panels": shown})
     _atomic_bytes(report, _render_page(rows, sections, title, model_info, note).encode("utf-8"))
     return report
+
+
+OVERVIEW_PANELS = (("original", "original"), ("reconstruction", "G(z1, z2)"), ("negative", "G(z1, 0)"),
+                   ("difference", "|difference|"), ("lig", "Latent IG"), ("gradcam", "Grad-CAM"), ("ig", "IG"),
+                   ("ig_negative", "IG, negative baseline"))
+
+
+def write_overview_figure(out_dir, rows: list[dict], max_images: int = 8) -> Path | None:
+    """``overview.png``: one row per image (the first ``max_images`` rows), its original,
+    reconstruction, negative realization and attribution maps side by side, assembled from the
+    per-image panels already written (lesion outlines included), P(positive) in the titles.
+    Returns the path, or None when no row has panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medxgan.checkpoint import atomic_write
+
+    out = Path(out_dir)
+    rows = rows[:max_images]
+    files = []
+    for r in rows:
+        try:
+            files.append(json.loads((out / "json" / f"{r['safe_name']}.json").read_text(encoding="utf-8")).get("files", {}))
+        except (OSError, ValueError):
+            files.append({})
+    columns = [(k, label) for k, label in OVERVIEW_PANELS if any(_method_key(k) in f or k in f for f in files)]
+    if not rows or not columns:
+        return None
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(1.6 * len(columns), 1.75 * len(rows)), squeeze=False)
+    for i, (r, f) in enumerate(zip(rows, files)):
+        for j, (key, label) in enumerate(columns):
+            ax = axes[i, j]
+            ax.axis("off")
+            path = f.get(key) or f.get(_method_key(key))
+            if path and (out / path).is_file():
+                ax.imshow(Image.open(out / path).convert("RGB"))
+            title = label if i == 0 else ""
+            if key == "original" and r.get("prob_image") is not None:
+                title += ("\n" if title else "") + f"P={r['prob_image']:.2f}"
+            elif key == "negative" and r.get("prob_negative") is not None:
+                title += ("\n" if title else "") + f"P={r['prob_negative']:.2f}"
+            ax.set_title(title, fontsize=7)
+    fig.tight_layout(pad=0.3)
+    path = out / "overview.png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
 
 
 def write_explanations(explanations, out_dir, title: str = "medXGAN report",
