@@ -9,7 +9,8 @@ Configurations (``--ours-set`` / ``--paper-set`` add ``gan.KEY=VALUE`` overrides
 * ``ours``: ``GANConfig()`` defaults (what ``medxgan train`` uses);
 * ``paper``: ``gan.arch=paper`` (the official Generator Linear(z -> 768) + ConvTranspose2d
   768 -> 384 -> 256 -> 192 -> C, and its Discriminator), Adam 2e-4 for G and D, betas (0.5, 0.999),
-  λ = 2 from the first step (Eq. 4), everything else as our loop does it (EMA, DiffAugment).
+  λ = 2 from the first step and Eq. 4's plain classifier term (no margin, no classifier-term
+  augmentation, no change prior), everything else as our loop does it (EMA, DiffAugment).
 
 Each configuration trains in its own child process (so peak memory is its own) on the
 classifier run's training split, for ``--budget-s`` seconds of training time. Every
@@ -35,8 +36,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as B  # noqa: E402
 
+# Eq. 4 as published: the recipe's additions to the loss (classifier-term margin and augmentation,
+# paired change prior) are switched off explicitly, since GANConfig's defaults now turn them on.
 PAPER_OVERRIDES = ["gan.arch=paper", "gan.lr_g=2e-4", "gan.lr_d=2e-4", "gan.beta1=0.5", "gan.beta2=0.999",
-                   "gan.lam=2", "gan.lam_start=0", "gan.lam_warmup=0"]
+                   "gan.lam=2", "gan.lam_start=0", "gan.lam_warmup=0",
+                   "gan.cls_margin=0", "gan.cls_augment=false", "gan.change_l1=0"]
 
 
 def load_data(data: str, classifier_run: str):

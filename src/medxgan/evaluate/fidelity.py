@@ -56,9 +56,9 @@ def real_accuracy(classifier, images: torch.Tensor, labels: torch.Tensor, n_boot
     """
     import numpy as np
 
-    device = next(classifier.parameters()).device
-    probs = torch.cat([classifier.positive_prob(images[i : i + batch_size].to(device)).float().cpu()
-                       for i in range(0, len(images), batch_size)]).numpy()
+    from medxgan.training.classifier import predict_proba
+
+    probs = predict_proba(classifier, images, batch_size=batch_size).numpy()
     y = labels.numpy()
     correct = ((probs >= 0.5).astype(np.int64) == y).astype(np.float64)
     rng = np.random.default_rng(seed)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score
 
+from medxgan.evaluate.mapstats import pixel_relevance, pointing_game, positive_mass_share
 from medxgan.evaluate.perturbation import saliency_order
 from medxgan.evaluate.registry import EvalContext, ExperimentResult, Table, mean_std_ci, register_experiment
 
@@ -38,22 +39,17 @@ def localisation_scores(attributions: torch.Tensor, masks: torch.Tensor, seed: i
         {"pointing_game", "auprc", "iou", "mass"} -> [N] float64 arrays (mass NaN where a map has
         no positive attribution).
     """
-    score = attributions.detach().to("cpu", torch.float64).sum(1).flatten(1)  # [N,P] signed
     truth = masks.detach().cpu().bool().flatten(1)  # [N,P]
     area = truth.sum(1)  # [N]
     if (area == 0).any():
         raise ValueError("localisation_scores needs a non-empty mask for every image")
-    n = len(score)
-    pointing = truth[torch.arange(n), score.argmax(1)].double()
     rank = saliency_order(attributions, seed).flatten(1)  # [N,P], 0 = most salient
     top = rank < area[:, None]
     iou = (top & truth).sum(1).double() / (top | truth).sum(1).double()
-    positive = score.clamp(min=0)
-    total = positive.sum(1)
-    mass = (positive * truth).sum(1) / total.where(total > 0, torch.ones_like(total))
-    mass = mass.where(total > 0, torch.full_like(mass, float("nan")))
-    auprc = np.array([average_precision_score(truth[i].numpy(), positive[i].numpy()) for i in range(n)])
-    return {"pointing_game": pointing.numpy(), "auprc": auprc, "iou": iou.numpy(), "mass": mass.numpy()}
+    positive = pixel_relevance(attributions).flatten(1).clamp(min=0)  # [N,P]
+    auprc = np.array([average_precision_score(truth[i].numpy(), positive[i].numpy()) for i in range(len(truth))])
+    return {"pointing_game": pointing_game(attributions, masks).numpy(), "auprc": auprc, "iou": iou.numpy(),
+            "mass": positive_mass_share(attributions, masks).numpy()}
 
 
 @register_experiment("localisation", title="Localisation against ground-truth lesion masks", order=50)

@@ -1,4 +1,5 @@
-"""Comparisons of attribution maps used by the robustness, sanity, ablation and shortcut experiments.
+"""Comparisons of attribution maps used by the localisation, robustness, sanity, ablation and shortcut
+experiments.
 
 Every function takes maps ``[N,C,H,W]`` (any sign) and returns one number per image ``[N]``
 (float64, on the CPU). A map is first reduced to a per-pixel relevance ``[N,H,W]`` by summing its
@@ -81,7 +82,8 @@ def topk_iou(a: torch.Tensor, b: torch.Tensor, fraction: float = 0.05) -> torch.
 
 def positive_mass_share(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     """Share of the positive relevance that falls inside ``region`` (relevance mass, Arras et al.
-    2022, on the positive part of the map) [N]; NaN where a map has no positive relevance.
+    2022, on the positive part of the map) [N]; NaN where a map has no positive relevance or the
+    region is empty (nothing to point at: left out of ``mean_std_ci``'s mean).
 
     Args:
         maps: [N,C,H,W] attributions.
@@ -91,16 +93,18 @@ def positive_mass_share(maps: torch.Tensor, region: torch.Tensor) -> torch.Tenso
     region = region.detach().cpu().bool().reshape(pos.shape)
     total = pos.flatten(1).sum(1)
     inside = (pos * region).flatten(1).sum(1)
-    return torch.where(total > 0, inside / total.clamp_min(1e-300), torch.full_like(total, float("nan")))
+    defined = (total > 0) & region.flatten(1).any(1)
+    return torch.where(defined, inside / total.clamp_min(1e-300), torch.full_like(total, float("nan")))
 
 
 def pointing_game(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     """1.0 where the pixel of largest relevance lies inside ``region``, else 0.0 [N] (Zhang et al.
-    2018, no tolerance margin; the first pixel in row-major order wins a tie)."""
+    2018, no tolerance margin; the first pixel in row-major order wins a tie); NaN where the
+    region is empty."""
     rel = pixel_relevance(maps).flatten(1)  # [N,H*W]
     region = region.detach().cpu().bool().reshape(rel.shape)
-    hit = region.gather(1, rel.argmax(dim=1, keepdim=True)).squeeze(1)
-    return hit.double()
+    hit = region.gather(1, rel.argmax(dim=1, keepdim=True)).squeeze(1).double()
+    return torch.where(region.any(1), hit, torch.full_like(hit, float("nan")))
 
 
 __all__ = ["map_ssim", "normalise_unit", "pixel_relevance", "pointing_game", "positive_mass_share", "saliency",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from medxgan.evaluate.mapstats import pixel_relevance
 from medxgan.evaluate.registry import EvalContext, ExperimentResult, Table, mean_std_ci, register_experiment
 
 COUNTERFACTUAL_FRACTION = 0.10  # share of pixels replaced for the single Table 2 number
@@ -40,7 +41,7 @@ def saliency_order(attributions: torch.Tensor, seed: int = 0) -> torch.Tensor:
         [N,H*W] int64: ``rank[n, p]`` = position of pixel ``p`` in image ``n``'s descending order
         (0 = most salient).
     """
-    score = attributions.detach().float().sum(1).flatten(1).cpu()  # [N,H*W]
+    score = pixel_relevance(attributions).flatten(1)  # [N,H*W] float64, signed
     n, p = score.shape
     gen = torch.Generator().manual_seed(seed)
     rank = torch.empty(n, p, dtype=torch.long)

@@ -13,12 +13,12 @@ with spread is a ``{mean, std, ci95, n}`` object. Every key is listed in docs/EV
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from medxgan.checkpoint import atomic_write
 from medxgan.evaluate.registry import ExperimentResult, Table, get_experiment
+from medxgan.report import _atomic_bytes, _atomic_json
 
 METRICS_FILE = "metrics.json"
 RESULTS_FILE = "RESULTS.md"
@@ -65,27 +65,6 @@ def _markdown_table(table: Table) -> str:
     return "\n".join(lines)
 
 
-def _json_safe(obj):
-    """NaN/inf -> None (strict JSON), tuples -> lists, numpy scalars/arrays -> Python."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if hasattr(obj, "tolist"):  # numpy / torch
-        return _json_safe(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _write_text(path: Path, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, write)
-
-
 def write_evaluation(out_dir, results: dict[str, ExperimentResult], meta: dict) -> Path:
     """Write ``metrics.json``, ``RESULTS.md`` and every figure (``<stem>.png``) into ``out_dir``.
 
@@ -113,19 +92,13 @@ def write_evaluation(out_dir, results: dict[str, ExperimentResult], meta: dict) 
         merged.update(result.metrics)
         figure_files = []
         for stem, fig in result.figures.items():
-            fig.savefig(out / f"{stem}.png", dpi=120)  # a closed figure still saves: incremental writes redo it
+            # atomic like every other file; a closed figure still saves: incremental writes redo it
+            atomic_write(out / f"{stem}.png", lambda tmp, fig=fig: fig.savefig(tmp, dpi=120, format="png"))
             plt.close(fig)
             figure_files.append(f"{stem}.png")
         index[name] = {"title": get_experiment(name).title, "keys": list(result.metrics), "notes": list(result.notes),
                        "figures": figure_files, "wall_s": timings.get(name)}
-    payload = {"meta": meta, "metrics": merged, "experiments": index}
-
-    def write_json(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(_json_safe(payload), f, indent=2)
-            f.write("\n")
-
-    atomic_write(out / METRICS_FILE, write_json)
+    _atomic_json(out / METRICS_FILE, {"meta": meta, "metrics": merged, "experiments": index})  # strict JSON: NaN -> null
 
     lines = ["# medXGAN evaluation", ""]
     for key, label in (("command", "Command"), ("model", "Model run"), ("data", "Data"), ("seed", "Seed"),
@@ -149,7 +122,7 @@ def write_evaluation(out_dir, results: dict[str, ExperimentResult], meta: dict) 
         for png in info["figures"]:
             lines += [f"![{png[:-4]}]({png})", ""]
     results_md = out / RESULTS_FILE
-    _write_text(results_md, "\n".join(lines))
+    _atomic_bytes(results_md, "\n".join(lines).encode("utf-8"))
     return results_md
 
 

@@ -122,8 +122,9 @@ def _data_randomisation(ctx, images: torch.Tensor, masks: torch.Tensor) -> tuple
         if m not in trained_maps:
             trained_maps[m] = ctx.maps(m)[: len(images)]
     test_probs = predict_proba(C_shuffled, ctx.test_images)
+    area = masks.flatten(1).double().mean(1)  # a uniform map's mass = mask area; an empty mask scores nothing (NaN)
     metrics = {
-        "chance_mass": mean_std_ci(masks.flatten(1).double().mean(1), seed=ctx.seed),  # a uniform map's mass = mask area
+        "chance_mass": mean_std_ci(area.where(area > 0, torch.full_like(area, float("nan"))), seed=ctx.seed),
         "shuffled_classifier_test_accuracy": binary_metrics(test_probs, ctx.test_labels.long())["accuracy"],
         "label_shuffle_seed": shuffle_seed, "classifier_epochs": c_cfg.epochs, "gan_steps": g_cfg.steps, "gan_seed": g_cfg.seed,
     }
@@ -194,6 +195,9 @@ def run_sanity(ctx) -> ExperimentResult:
     if masks is None:
         metrics["data_randomisation_skipped"] = "the test split has no lesion masks"
         notes.append("Data randomisation (b) skipped: the test split has no lesion masks to measure localisation against.")
+    elif not bool(masks.any()):
+        metrics["data_randomisation_skipped"] = "no explained test positive has a non-empty lesion mask"
+        notes.append("Data randomisation (b) skipped: none of the explained test positives has a non-empty lesion mask.")
     else:
         data_metrics, table, data_notes = _data_randomisation(ctx, images, masks)
         metrics["data_randomisation"] = data_metrics

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from medxgan.evaluate.mapstats import saliency
 from medxgan.evaluate.registry import EvalContext, ExperimentResult, Table, mean_std_ci, register_experiment
 
 NONZERO_EPS_REL = 0.01  # a pixel is attributed when |a| > 1 % of the map's largest |a|
@@ -20,7 +21,7 @@ NONZERO_EPS_REL = 0.01  # a pixel is attributed when |a| > 1 % of the map's larg
 
 def _pixel_magnitude(attributions: torch.Tensor) -> torch.Tensor:
     """[N,C,H,W] -> [N,H*W] float64 |attribution summed over channels|."""
-    return attributions.detach().to("cpu", torch.float64).sum(1).flatten(1).abs()
+    return saliency(attributions).flatten(1)
 
 
 def nonzero_fraction(attributions: torch.Tensor, eps_rel: float = NONZERO_EPS_REL) -> torch.Tensor:
