@@ -196,7 +196,7 @@ class MinibatchStd(nn.Module):
         std = h.float().reshape(g, b // g, c, hh, ww).var(dim=0, unbiased=False).add(1e-8).sqrt()
         std = std.mean(dim=(1, 2, 3))  # [B/g] one number per group
         std = std.repeat(g)[:, None, None, None].expand(b, 1, hh, ww).to(h.dtype)
-        return torch.cat([h, std], dim=1).squeeze(1)
+        return torch.cat([h, std], dim=1)
 
 
 def build_generator(cfg: GANConfig, size: int, channels: int) -> Generator:
