@@ -60,12 +60,11 @@ def peak_rss_mb(children: bool = False) -> float:
 def test_positives(model: str, data: str, n: int | None):
     """(images [N,C,H,W] in [-1,1], names) of the first ``n`` positives of the run's test split
     (the split saved in the run, with the run's data settings)."""
-    from medxgan.cli import _read_json, load_splits
+    from medxgan.cli import _read_json, load_splits, run_split_file
     from medxgan.config import DataConfig, from_dict
 
     dcfg = from_dict(DataConfig, _read_json(Path(model) / "config.json", "run config").get("data", {}))
-    split_file = Path(model) / "split.json"
-    splits = load_splits(data, dcfg, split_file=split_file if split_file.exists() and not data.endswith(".npz") else None,
+    splits = load_splits(data, dcfg, split_file=run_split_file(model, data, required=True),
                          progress=False)
     test = splits["test"]
     idx = torch.nonzero(test.labels == 1).flatten()[:n]

@@ -49,14 +49,13 @@ def load_data(data: str, classifier_run: str):
     import torch
 
     from medxgan import checkpoint as ckpt
-    from medxgan.cli import _classifier_path, _read_json, load_splits
+    from medxgan.cli import _classifier_path, _read_json, load_splits, run_split_file
     from medxgan.config import DataConfig, from_dict
 
     cpath = _classifier_path(classifier_run)
     classifier, _ = ckpt.load_classifier(cpath)
     dcfg = from_dict(DataConfig, _read_json(cpath.parent / "config.json", "run config").get("data", {}))
-    split_file = cpath.parent / "split.json"
-    splits = load_splits(data, dcfg, split_file=split_file if split_file.exists() and not data.endswith(".npz") else None,
+    splits = load_splits(data, dcfg, split_file=run_split_file(cpath.parent, data, required=False),
                          progress=False)
     held_out = torch.cat([splits["val"].images, splits["test"].images])
     return splits["train"].images, held_out, classifier

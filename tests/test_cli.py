@@ -344,3 +344,18 @@ def test_explain_with_mask_takes_outlined_images_only(tmp_path, demo_run):
     shutil.copytree(out / "phantoms", bare, ignore=shutil.ignore_patterns("masks"))
     rc, _, err = run_cli("explain", "--data", bare, "--out", tmp_path / "rep2", *common)
     assert_one_line_error(rc, err, "--with-mask")
+
+
+def test_held_out_commands_refuse_a_run_without_its_split(tmp_path, demo_run):
+    """explain --data, fidelity and evaluate choose held-out images by the run's split.json; without
+    it they stop with one line instead of drawing a fresh split that could hold training images."""
+    out, _ = demo_run
+    run = tmp_path / "run"
+    shutil.copytree(out / "medxgan", run, ignore=shutil.ignore_patterns("split.json"))
+    for argv in (["explain", "--model", run, "--data", out / "phantoms", "--out", tmp_path / "e"],
+                 ["fidelity", "--model", run, "--data", out / "phantoms"],
+                 ["evaluate", "--model", run, "--data", out / "phantoms", "--out", tmp_path / "v", "--gan-steps", "0"]):
+        rc, _, err = run_cli(*argv, "--no-progress")
+        assert_one_line_error(rc, err, "split.json" if argv[0] != "evaluate" else "--gan-steps")
+    rc, _, err = run_cli("evaluate", "--model", run, "--data", out / "phantoms", "--out", tmp_path / "v", "--no-progress")
+    assert_one_line_error(rc, err, "split.json")

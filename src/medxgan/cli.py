@@ -131,6 +131,21 @@ def load_splits(data: str, dcfg, out: Path | None = None, split_file: Path | Non
     return splits
 
 
+def run_split_file(run_dir, data: str, required: bool) -> Path | None:
+    """The split a run was trained on (``run_dir/split.json``) for folder data; None for a
+    MedMNIST .npz (its splits are fixed). ``required``: held-out evaluation must never draw a
+    fresh split (its "test" images could be the run's training images), so a missing file is an
+    error instead of a silent new split."""
+    if str(data).endswith(".npz"):
+        return None
+    path = Path(run_dir) / "split.json"
+    if path.is_file():
+        return path
+    if required:
+        raise MedxganError(f"{run_dir}: no split.json; held-out images can only be chosen with the run's own split")
+    return None
+
+
 def _classifier_path(spec: str) -> Path:
     from medxgan.checkpoint import CLASSIFIER_FILE
 
@@ -251,8 +266,7 @@ def cmd_train(args) -> int:
     if main:
         out = _prepare_out(out, resume=args.resume, marker=None)
     dist_.barrier(ctx)
-    split_file = cpath.parent / "split.json"
-    split_file = split_file if split_file.exists() and not str(args.data).endswith(".npz") else None
+    split_file = run_split_file(cpath.parent, args.data, required=False)
     splits = load_splits(args.data, cfg.data, out if main else None, split_file=split_file, progress=progress,
                          cache_dir=args.cache_dir, **_mask_kwargs(args))
     if main:
@@ -304,8 +318,7 @@ def cmd_train_encoder(args) -> int:
     if args.steps is not None:
         ecfg = dataclasses.replace(ecfg, steps=args.steps)
     dcfg = from_dict(DataConfig, saved.get("data", {}))
-    split_file = run / "split.json"
-    split_file = split_file if split_file.exists() and not str(args.data).endswith(".npz") else None
+    split_file = run_split_file(run, args.data, required=False)
     splits = load_splits(args.data, dcfg, None, split_file=split_file, progress=not args.no_progress, cache_dir=args.cache_dir,
                          **_mask_kwargs(args))
     device = resolve_device(args.device)
@@ -353,8 +366,7 @@ def _explain_inputs(args, dcfg, progress):
     from medxgan.streaming import ImageFiles, ImageTensors
 
     if args.data:
-        split_file = Path(args.model) / "split.json"
-        splits = load_splits(args.data, dcfg, split_file=split_file if split_file.exists() and not args.data.endswith(".npz") else None,
+        splits = load_splits(args.data, dcfg, split_file=run_split_file(args.model, args.data, required=True),
                              progress=progress, cache_dir=args.cache_dir, **_mask_kwargs(args))
         part = splits[args.split]
         idx = torch.nonzero(part.labels == 1).flatten() if not args.all_classes else torch.arange(len(part))
@@ -535,8 +547,7 @@ def cmd_fidelity(args) -> int:
     dcfg = from_dict(DataConfig, config.get("data", {}))
     device = resolve_device(args.device)
     G, C = G.to(device), C.to(device)
-    split_file = Path(args.model) / "split.json"
-    splits = load_splits(args.data, dcfg, split_file=split_file if split_file.exists() and not args.data.endswith(".npz") else None,
+    splits = load_splits(args.data, dcfg, split_file=run_split_file(args.model, args.data, required=True),
                          progress=not args.no_progress, cache_dir=args.cache_dir)
     runs = [generated_accuracy(G, C, n_z1=args.n_z1, seed=s, device=device) for s in range(args.repeats)]
     acc = torch.tensor([r["accuracy"] for r in runs])
@@ -595,7 +606,7 @@ def cmd_evaluate(args) -> int:
     if unknown or not methods:
         raise MedxganError(f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(list_explainers())}")
     for flag, value in (("--n-images", args.n_images), ("--repeats", args.repeats), ("--inversion-steps", args.inversion_steps),
-                        ("--restarts", args.restarts)):
+                        ("--restarts", args.restarts), ("--gan-steps", args.gan_steps)):
         if value is not None and value < 1:
             raise MedxganError(f"{flag} must be at least 1, got {value}")
 
@@ -604,12 +615,8 @@ def cmd_evaluate(args) -> int:
     dcfg = from_dict(DataConfig, config.get("data", {}))
     device = resolve_device(args.device)
     progress = not args.no_progress
-    split_file = Path(args.model) / "split.json"
     uses_npz = args.data.endswith(".npz")
-    if not uses_npz and not split_file.exists():
-        # Without the run's split the "test" images could be training images: refuse.
-        raise MedxganError(f"{args.model}: no split.json; the evaluation needs the run's own split to stay off its training images")
-    splits = load_splits(args.data, dcfg, split_file=None if uses_npz else split_file, progress=progress, cache_dir=args.cache_dir,
+    splits = load_splits(args.data, dcfg, split_file=run_split_file(args.model, args.data, required=True), progress=progress, cache_dir=args.cache_dir,
                          **_mask_kwargs(args))
     test = splits["test"]
     expected = (gmeta["channels"], gmeta["size"], gmeta["size"])

@@ -48,10 +48,11 @@ def c2st_accuracy(real: torch.Tensor, fake: torch.Tensor, epochs: int = 8, seed:
     y_train = torch.cat([torch.ones(half), torch.zeros(half)])
     x_test = torch.cat([real[half:], fake[half:]])
     y_test = torch.cat([torch.ones(n - half), torch.zeros(n - half)])
-    torch.manual_seed(seed)
     _, c, h, _ = real.shape
     device = torch.device(device or "cpu")
-    net = build_classifier(ClassifierConfig(width=width, depth=3, dropout=0.0), h, c).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+        torch.manual_seed(seed)
+        net = build_classifier(ClassifierConfig(width=width, depth=3, dropout=0.0), h, c).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     for _ in range(epochs):
         net.train()
@@ -121,9 +122,10 @@ def train_feature_network(images: torch.Tensor, epochs: int = 6, seed: int = 0, 
     _, c, h, w = images.shape
     if h != w:
         raise ValueError("rotation prediction needs square images")
-    torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    net = RotationFeatureNet(c, h, width=width).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+        torch.manual_seed(seed)
+        net = RotationFeatureNet(c, h, width=width).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     net.train()
     for _ in range(epochs):

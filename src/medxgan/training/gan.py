@@ -8,9 +8,12 @@ feature against mode collapse, a DiffAugment-style translation seen by D on both
 images, an EMA copy of G (what we save and explain with) and a linear warm-up of lambda so that D
 shapes anatomy before the classifier term can pull G towards classifier-pleasing noise.
 
-Optional (``gan.change_l1 > 0``, off by default so that Eq. 4 stays as published): G's batch is
-made of (negative, positive) pairs sharing z1 and the pixel change |G(z1, z2) - G(z1, 0)| is
-penalised, a prior that the pathology code changes as little of the anatomy as it can.
+Where the default recipe departs from Eq. 4 as published (README, "The GAN recipe"): the
+classifier sees G's images under its own training augmentation (``gan.cls_augment``); an image
+whose class log-odds pass ``gan.cls_margin`` stops pulling on G; and with ``gan.change_l1 > 0``
+G's batch is made of (negative, positive) pairs sharing z1 whose pixel change
+|G(z1, z2) - G(z1, 0)| is penalised, a prior that the pathology code changes as little anatomy as
+it can. ``gan.cls_augment=false gan.cls_margin=0 gan.change_l1=0`` trains Eq. 4 as published.
 """
 
 from __future__ import annotations
