@@ -14,6 +14,8 @@ explanations) in memory, and must be able to continue where an interrupted run s
 
 from __future__ import annotations
 
+import abc
+
 import hashlib
 import json
 import sys
@@ -40,7 +42,7 @@ class Batch:
     skipped: list[int]
 
 
-class ImageSource:
+class ImageSource(abc.ABC):
     """A job's images by position; subclasses load ``images`` / ``masks`` for some positions."""
 
     names: list[str]
@@ -48,8 +50,9 @@ class ImageSource:
     def __len__(self) -> int:
         return len(self.names)
 
+    @abc.abstractmethod
     def load(self, indices: Sequence[int]) -> Batch:
-        raise NotImplementedError
+        """The images (and masks) at ``indices``, in that order."""
 
     def batches(self, indices: Sequence[int], batch_size: int) -> Iterator[Batch]:
         """Load ``indices`` ``batch_size`` at a time: only one batch is in memory at once."""
