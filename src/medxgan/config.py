@@ -107,7 +107,7 @@ class GANConfig:
     ema: float = 0.99  # EMA decay of G's weights (0 disables); a short horizon follows the classifier term
     ema_start: int = 300  # steps before EMA starts tracking
     r1_gamma: float = 0.0  # R1 penalty on real images (0 disables)
-    cls_augment: bool = True  # the classifier term sees G's images flipped/shifted/jittered as in C's training, so G cannot please C with pixel-aligned patterns
+    cls_augment: bool = True  # the classifier term sees G's images flipped/shifted/jittered as in C's training (no pixel-aligned tricks)
     cls_margin: float = 3.0  # > 0: the classifier term stops pushing an image once its class log-odds pass this margin; 0 = Eq. 4's plain -log p
     change_l1: float = 2.0  # weight of mean |G(z1, z2) - G(z1, neg)| (G's batch becomes negative/positive pairs); 0 = Eq. 4 as published
     instance_noise: float = 0.0  # std of Gaussian noise added to D's real and fake inputs (in [-1,1] units); 0 = off

@@ -105,9 +105,9 @@ def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier
     shift = (lambda x: random_translate(x, 0.125, aug_gen)) if cfg.diff_augment else (lambda x: x)
 
     def aug(x):
-        # What D sees of real and fake images alike: a random translation, then instance noise
-        # that masks the acquisition noise of real scans, which G (deterministic, no noise input)
-        # would otherwise imitate with a regular dot texture.
+        # What D sees of real and fake images alike: a random translation, then optional instance
+        # noise (meant to mask the acquisition noise of real scans; on phantoms it did not help,
+        # docs/RESULTS.md run G2, so it is off by default).
         x = shift(x)
         if cfg.instance_noise > 0:
             x = x + cfg.instance_noise * torch.randn(x.shape, generator=aug_gen).to(x.device, x.dtype)
@@ -150,8 +150,10 @@ def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier
     finally:
         D.requires_grad_(True)
     # The classifier sees G's images under the light augmentation it was trained with (flip,
-    # shift, intensity jitter): a max-pool CNN's input gradient is a pixel-aligned dot grid, and
-    # without this G learns to draw that grid to please C (samples covered in regular dots).
+    # shift, intensity jitter), so G cannot please C with patterns tied to exact pixel positions
+    # (a max-pool CNN's input gradient is pixel-aligned); only features that survive C's own
+    # augmentation count. (The dot grid seen in early samples was not caused by this term: it
+    # appeared before lambda was on.)
     cls_in = classifier_augment(fake, step_generator(cfg.seed, state.step, stream=1000 + ctx.rank)) if cfg.cls_augment else fake
     with amp:
         loss_cls = positive_class_loss(classifier, cls_in, y, margin=cfg.cls_margin).float()
