@@ -607,3 +607,23 @@ def test_load_folder_cached_decodes_once(tmp_path, monkeypatch):
     os.utime(root / "positive" / "positive0.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     D.load_folder_cached(root, tmp_path / "cache", size=16, progress=False)
     assert len(decoded) == 10
+
+
+def test_load_folder_cached_rebuilds_a_damaged_cache(tmp_path):
+    """A truncated or foreign cache file is decoded again and replaced, not trusted or fatal."""
+    from PIL import Image
+
+    from medxgan import data as D
+
+    root = tmp_path / "ds"
+    for cls in ("positive", "negative"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((10, 10), 40 * i + (100 if cls == "positive" else 0), np.uint8)).save(root / cls / f"{i}.png")
+    first = D.load_folder_cached(root, tmp_path / "cache", size=8, progress=False)
+    (cache,) = (tmp_path / "cache").glob("images-*.pt")
+    for junk in (cache.read_bytes()[:50], b"not a torch file", b""):
+        cache.write_bytes(junk)
+        again = D.load_folder_cached(root, tmp_path / "cache", size=8, progress=False)
+        assert torch.equal(again.images, first.images)
+        assert torch.load(cache, weights_only=True)["names"] == list(first.names)  # replaced, readable

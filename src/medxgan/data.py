@@ -36,6 +36,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import pickle
 import re
 import struct
 import warnings
@@ -815,8 +816,8 @@ def load_folder_cached(root, cache_dir, **kw) -> LabeledImages:
         try:
             d = torch.load(cache, weights_only=True)
             return LabeledImages(d["images"], d["labels"], d["masks"], d["has_mask"], list(d["names"]), list(d["skipped"]))
-        except Exception:  # a damaged or foreign file: decode again and replace it
-            pass
+        except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
+            pass  # a damaged or foreign file (torch.load raises these): decode again and replace it
     data = load_folder(root, **kw)
     record = {"images": data.images, "labels": data.labels, "masks": data.masks, "has_mask": data.has_mask,
               "names": list(data.names), "skipped": list(data.skipped)}
