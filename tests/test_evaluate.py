@@ -275,3 +275,9 @@ def test_cli_evaluate_quick(demo_run, tmp_path):
     assert_one_line_error(rc, se, "unknown experiment 'nonsense'", "counterfactual")
     rc, so, se = run_cli("evaluate", "--list-experiments")
     assert rc == 0 and "localisation" in so
+    # A second evaluation into the same folder would mix two runs' figures: refused, nothing touched.
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    rc, so, se = run_cli("evaluate", "--model", run / "medxgan", "--data", run / "phantoms", "--out", out,
+                         "--experiments", "sparsity", "--quick", "--no-progress")
+    assert_one_line_error(rc, se, "already holds a finished run", "metrics.json")
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before

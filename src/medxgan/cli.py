@@ -624,7 +624,8 @@ def cmd_evaluate(args) -> int:
         raise MedxganError(f"test images are {tuple(test.images.shape[1:])}, the model expects {expected}")
     if not bool((test.labels == 1).any()):
         raise MedxganError("the test split holds no positive image to explain")
-    out = _prepare_out(Path(args.out))
+    # An earlier evaluation's metrics and figures are never mixed with (or replaced by) this one's.
+    out = _prepare_out(Path(args.out), marker="metrics.json")
 
     quick = args.quick
     n_images = args.n_images if args.n_images is not None else (4 if quick else 50)
