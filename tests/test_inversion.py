@@ -179,3 +179,31 @@ def test_trace_reports_best_latents_without_changing_the_result():
     assert bool((losses[1] <= losses[0] + 1e-6).all())
     with pytest.raises(MedxganError):
         invert(G, C, x, cfg, trace=lambda *a: None, trace_every=0)
+
+
+def test_negative_realization_term():
+    """neg_weight adds w * -log(1 - P_C(G(z1, 0))) to Eq. 5 and pulls the inverted image's
+    negative realization towards the negative class; 0 leaves Eq. 5 untouched."""
+    from medxgan.inversion import inversion_loss
+
+    G, C = tiny_models()
+    z1, z2, x = generated_images(G, n=4)
+    G.eval(), C.eval()
+    with torch.no_grad():
+        target = C.positive_prob(x)
+        plain, mse, _ = inversion_loss(G, C, z1, z2, x, target)
+        with_neg, _, _ = inversion_loss(G, C, z1, z2, x, target, neg_weight=2.0)
+        p_neg = C.positive_prob(G(z1, torch.zeros_like(z2)))
+    assert torch.allclose(with_neg - plain, -2.0 * torch.log1p(-p_neg), atol=1e-5)
+    assert torch.allclose(plain, mse, atol=1e-5)  # the true latents: Eq. 5 is 0 beyond the pixels
+
+    start = (torch.randn(4, 8, generator=torch.Generator().manual_seed(3)), torch.randn(4, 4, generator=torch.Generator().manual_seed(4)))
+
+    def p_negative(weight):
+        res = invert(G, C, x, InversionConfig(steps=150, restarts=1, neg_weight=weight), init=start)
+        with torch.no_grad():
+            return C.positive_prob(G(res.z1, torch.zeros_like(res.z2)))
+
+    assert p_negative(20.0).mean() < p_negative(0.0).mean() - 0.05
+    with pytest.raises(MedxganError, match="neg_weight"):
+        InversionConfig(neg_weight=float("nan"))

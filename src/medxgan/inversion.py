@@ -39,6 +39,10 @@ class InversionConfig:
     patience: int = 100  # freeze a row after this many steps without relative improvement; 0 = never
     min_delta: float = 1e-4  # relative improvement of the best loss that resets the patience counter
     cls_weight: float = 1.0  # weight of the BCE term of Eq. 5 (0 = pixels only)
+    # Weight of an optional term beyond Eq. 5: -log(1 - P_C(G(z1, negative code))), which asks the
+    # image's negative realization to be classified negative, so that the inversion cannot hide
+    # pathology in the anatomy code z1. 0 (default) = Eq. 5 as published.
+    neg_weight: float = 0.0
     init: str = "random"  # random: z ~ N(0, I) | zeros: restart 0 starts at the prior mean
     seed: int = 0
 
@@ -53,8 +57,8 @@ class InversionConfig:
             raise MedxganError(f"inversion.schedule must be cosine or constant, got {self.schedule!r}")
         if self.init not in ("random", "zeros"):
             raise MedxganError(f"inversion.init must be random or zeros, got {self.init!r}")
-        if self.patience < 0 or self.min_delta < 0 or self.cls_weight < 0:
-            raise MedxganError("inversion.patience, min_delta and cls_weight must be non-negative")
+        if not all(v >= 0 for v in (self.patience, self.min_delta, self.cls_weight, self.neg_weight)):  # NaN fails too
+            raise MedxganError("inversion.patience, min_delta, cls_weight and neg_weight must be non-negative")
 
     @classmethod
     def paper(cls) -> "InversionConfig":
@@ -107,7 +111,7 @@ def frozen(*modules: nn.Module | None):
                 p.requires_grad_(flag)
 
 
-def inversion_loss(G, C, z1, z2, x, prob_target, cls_weight: float = 1.0):
+def inversion_loss(G, C, z1, z2, x, prob_target, cls_weight: float = 1.0, neg_weight: float = 0.0):
     """Per-row Eq. 5. ``x`` [N,C,H,W] in [-1,1], ``prob_target`` [N] = P_C(x) (detached).
 
     Returns (loss [N], mse [N], reconstruction [N,C,H,W]). The BCE is between probabilities,
@@ -115,15 +119,22 @@ def inversion_loss(G, C, z1, z2, x, prob_target, cls_weight: float = 1.0):
     binary entropy of the soft target — i.e. KL(P_C(x) || P_C(G(z))). The shift is a constant per
     image, so the argmin and the gradients are those of Eq. 5, but the loss reaches 0 at a perfect
     match, which makes the relative plateau test of early stopping meaningful.
+
+    ``neg_weight > 0`` adds ``neg_weight * -log(1 - P_C(G(z1, negative_code(z2))))`` (not part of
+    Eq. 5; its floor is 0): one more G and C forward pass per step.
     """
     recon = G(z1, z2)
     mse = (recon - x).pow(2).flatten(1).mean(1)
-    if cls_weight == 0:
-        return mse, mse, recon
-    bce = F.binary_cross_entropy_with_logits(C.positive_logit(recon), prob_target, reduction="none")
-    p = prob_target.clamp(1e-12, 1 - 1e-12)
-    floor = -(p * p.log() + (1 - p) * (1 - p).log())
-    return mse + cls_weight * (bce - floor), mse, recon
+    loss = mse
+    if cls_weight > 0:
+        bce = F.binary_cross_entropy_with_logits(C.positive_logit(recon), prob_target, reduction="none")
+        p = prob_target.clamp(1e-12, 1 - 1e-12)
+        floor = -(p * p.log() + (1 - p) * (1 - p).log())
+        loss = loss + cls_weight * (bce - floor)
+    if neg_weight > 0:
+        negative = G(z1, G.negative_code(z2))
+        loss = loss + neg_weight * F.softplus(C.positive_logit(negative))  # -log(1 - sigmoid(logit))
+    return loss, mse, recon
 
 
 def _adam_rows(z, grad, m, v, t, lr, betas):
@@ -254,7 +265,8 @@ def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init
             lr = cfg.lr if cfg.schedule == "constant" else cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
             za = z[idx].requires_grad_(True)
             with torch.enable_grad():
-                loss, _, _ = inversion_loss(G, C, za[:, :d1], za[:, d1:], x_rows[idx], t_rows[idx], cfg.cls_weight)
+                loss, _, _ = inversion_loss(G, C, za[:, :d1], za[:, d1:], x_rows[idx], t_rows[idx], cfg.cls_weight,
+                                            cfg.neg_weight)
                 (grad,) = torch.autograd.grad(loss.sum(), za)
             with torch.no_grad():
                 loss = loss.detach()
@@ -280,7 +292,7 @@ def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init
             keep = best_loss.view(n_images, R).argmin(1) + torch.arange(n_images, device=device) * R
             z_best = best_z[keep]
             z1, z2 = z_best[:, :d1].contiguous(), z_best[:, d1:].contiguous()
-            loss, mse, recon = inversion_loss(G, C, z1, z2, x, prob_target, cfg.cls_weight)
+            loss, mse, recon = inversion_loss(G, C, z1, z2, x, prob_target, cfg.cls_weight, cfg.neg_weight)
             prob_recon = C.positive_prob(recon)
     _, psnr, ssim = image_quality(recon, x)
     loss_curve = torch.stack(curve)[:, keep] if curve else torch.zeros(0, n_images, device=device)
