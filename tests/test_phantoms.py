@@ -193,3 +193,22 @@ def test_write_dataset_no_shortcut_dir_and_existing_dirs(tmp_path) -> None:
 
     with pytest.raises(MedxganError):
         write_phantom_dataset(tmp_path / "bad", n=1, size=16, progress=False)
+
+
+def test_noise_free_render_differs_only_by_the_noise(set64: PhantomSet) -> None:
+    """The noise-free rendering is the stored phantom minus its acquisition noise: close in the
+    mean, deterministic, and with less high-frequency energy; lesion and head are unchanged."""
+    from medxgan.phantoms import render_noise_free
+
+    for i in (0, 1, 7):
+        clean = render_noise_free(i, size=64, seed=5, shortcut=0.5).astype(np.float64)
+        noisy = set64.images[i].astype(np.float64)
+        assert np.array_equal(clean, render_noise_free(i, size=64, seed=5, shortcut=0.5))
+        tissue, air = clean > 64, clean == 0
+        assert abs(clean[tissue].mean() - noisy[tissue].mean()) < 3.0  # in tissue the noise averages out
+        assert noisy[air].mean() > 1.0  # Rician noise floor in the air, absent from the clean image
+        assert 0 < np.abs(clean - noisy)[tissue].mean() < 12.0
+        lap = lambda a: np.abs(4 * a[1:-1, 1:-1] - a[:-2, 1:-1] - a[2:, 1:-1] - a[1:-1, :-2] - a[1:-1, 2:]).mean()
+        assert lap(clean) < lap(noisy)
+    with pytest.raises(MedxganError):
+        render_noise_free(-1)

@@ -59,7 +59,7 @@ from scipy import ndimage
 
 from medxgan.errors import MedxganError
 
-__all__ = ["PhantomSet", "generate_phantoms", "write_phantom_dataset"]
+__all__ = ["PhantomSet", "generate_phantoms", "render_noise_free", "write_phantom_dataset"]
 
 _GOLDEN = 0.6180339887498949
 _TWO_PI = 2.0 * np.pi
@@ -617,12 +617,16 @@ def _render(
 
 
 def _render_subject(
-    seed: int, index: int, size: int, shortcut: float = 0.0, lesion: bool | None = None, regions: bool = False
+    seed: int, index: int, size: int, shortcut: float = 0.0, lesion: bool | None = None, regions: bool = False,
+    noise_free: bool = False,
 ) -> _Subject:
-    """Render subject ``index``.  ``lesion`` overrides the lesion presence (counterfactual checks)."""
+    """Render subject ``index``.  ``lesion`` overrides the lesion presence (counterfactual checks);
+    ``noise_free`` renders it without the acquisition noise (everything else identical)."""
     rng = np.random.default_rng([seed, index])
     p = _sample_anatomy(rng)
     noise = rng.standard_normal((2, size, size), dtype=_F32)  # drawn last: the rest does not depend on size
+    if noise_free:
+        noise = np.zeros_like(noise)
     positive = index % 2 == 1
     with_lesion = positive if lesion is None else bool(lesion)
     les = None
@@ -665,6 +669,17 @@ def generate_phantoms(n: int, size: int = 64, seed: int = 0, shortcut: float = 0
         s = _render_subject(seed, i, size, shortcut)
         images[i], masks[i], tags[i], labels[i] = s.image, s.mask, s.shortcut_mask, s.label
     return PhantomSet(images=images, labels=labels, masks=masks, shortcut_masks=tags, names=_names(n))
+
+
+def render_noise_free(index: int, size: int = 64, seed: int = 0, shortcut: float = 0.0) -> np.ndarray:
+    """Phantom ``index`` of ``generate_phantoms(n, size, seed, shortcut)`` (any n > index) as it
+    would look without its Rician acquisition noise: [size, size] uint8. What a perfect, noise-free
+    reconstruction could at best reach — the SSIM between this and the stored image is the ceiling
+    for any reconstruction that does not reproduce the noise itself."""
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+        raise MedxganError(f"phantom index must be a non-negative integer, got {index!r}")
+    _validate(int(index) + 2, size, seed, shortcut)
+    return _render_subject(int(seed), int(index), int(size), float(shortcut), noise_free=True).image
 
 
 def write_phantom_dataset(
