@@ -1,0 +1,142 @@
+"""The explanation issue's acceptance numbers, read from a finished `medxgan explain` run.
+
+    python bench/explain_acceptance.py --explain OUT [--phantoms DIR --phantom-seed 0] [--json F]
+
+From ``OUT/summary.json`` and ``OUT/raw/*.npz`` (written by ``medxgan explain``, any inversion
+settings): mean reconstruction SSIM, the share of negative realizations with P(positive) < 0.1,
+the share of monotone interpolations, and — for the images with a lesion mask — the pointing game
+and AUPRC of every map in the run (``difference`` is |G(z1,z2) - G(z1,0)|; LIG, IG and Grad-CAM
+are used signed, their largest positive evidence counting), with the metrics of ``medxgan
+evaluate`` (``medxgan.evaluate.localisation``).
+
+With ``--phantoms`` (the phantom dataset the images came from, written with seed
+``--phantom-seed``), every phantom is also rendered without its acquisition noise
+(``medxgan.phantoms.render_noise_free``), giving two more numbers per image: the SSIM of that
+noise-free rendering against the stored image — the ceiling of any reconstruction that does not
+reproduce the noise pixel by pixel — and the SSIM of the reconstruction against the noise-free
+rendering (how well the anatomy and lesion were recovered).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as B  # noqa: E402
+
+from medxgan.errors import MedxganError  # noqa: E402
+from medxgan.evaluate.localisation import localisation_scores  # noqa: E402
+from medxgan.inversion import image_quality  # noqa: E402
+
+NEGATIVE_THRESHOLD = 0.1
+
+
+def load_run(explain_dir: Path):
+    """(per-image summary records, {safe_name: npz dict}) of a finished explain run."""
+    summary_path = explain_dir / "summary.json"
+    if not summary_path.is_file():
+        raise MedxganError(f"{explain_dir}: no summary.json (not a finished `medxgan explain` run)")
+    records = json.loads(summary_path.read_text())["images"]
+    raw = {}
+    for r in records:
+        path = explain_dir / "raw" / f"{r['safe_name']}.npz"
+        if not path.is_file():
+            raise MedxganError(f"{path}: missing (the run was written without raw maps or is incomplete)")
+        with np.load(path) as d:
+            raw[r["safe_name"]] = {k: d[k] for k in d.files}
+    return records, raw
+
+
+def phantom_index(name: str) -> int:
+    m = re.search(r"phantom_(\d+)\.png$", name)
+    if not m:
+        raise MedxganError(f"{name}: not a phantom file name (phantom_<index>.png)")
+    return int(m.group(1))
+
+
+def noise_free_scores(records, raw, seed: int):
+    """(ceiling SSIM [N], reconstruction-vs-clean SSIM [N]) for phantom images."""
+    from medxgan.phantoms import render_noise_free
+
+    ceiling, recovered = [], []
+    for r in records:
+        d = raw[r["safe_name"]]
+        image = torch.from_numpy(d["image"])[None].float()
+        recon = torch.from_numpy(d["reconstruction"])[None].float()
+        size = image.shape[-1]
+        clean = torch.from_numpy(render_noise_free(phantom_index(r["name"]), size=size, seed=seed).astype(np.float32))
+        clean = (clean / 127.5 - 1)[None, None].expand_as(image)
+        _, _, s_ceiling = image_quality(clean, image)
+        if float(s_ceiling) < 0.3:
+            raise MedxganError(f"{r['name']}: does not match phantom seed {seed} (SSIM {float(s_ceiling):.2f}); "
+                               "give the seed the dataset was written with (--phantom-seed)")
+        _, _, s_recovered = image_quality(recon, clean)
+        ceiling.append(float(s_ceiling))
+        recovered.append(float(s_recovered))
+    return np.array(ceiling), np.array(recovered)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--explain", required=True, help="output directory of `medxgan explain`")
+    ap.add_argument("--phantoms", help="the phantom dataset the images came from (enables the noise-free numbers)")
+    ap.add_argument("--phantom-seed", type=int, default=0)
+    ap.add_argument("--json", help="where to write the numbers (default: bench-explain-acceptance.json)")
+    args = ap.parse_args(argv)
+    explain_dir = Path(args.explain)
+    records, raw = load_run(explain_dir)
+    if not records:
+        raise MedxganError(f"{explain_dir}: the run explained no image")
+
+    ssim = np.array([r["ssim"] for r in records])
+    p_neg = np.array([r["prob_negative"] for r in records])
+    monotone = np.array([bool(r["monotone"]) for r in records])
+    result = {"n": len(records), "ssim_mean": float(ssim.mean()), "ssim_median": float(np.median(ssim)),
+              "negative_below_0.1": float((p_neg < NEGATIVE_THRESHOLD).mean()),
+              "monotone": float(monotone.mean())}
+    rows = [["mean reconstruction SSIM", f"{ssim.mean():.3f} (median {np.median(ssim):.3f})", "≥ 0.90"],
+            [f"negative realization P(positive) < {NEGATIVE_THRESHOLD}", f"{(p_neg < NEGATIVE_THRESHOLD).sum()} / {len(records)}", "≥ 95 %"],
+            ["monotone interpolation", f"{monotone.sum()} / {len(records)}", "≥ 90 %"]]
+
+    if args.phantoms:
+        ceiling, recovered = noise_free_scores(records, raw, args.phantom_seed)
+        result.update({"ssim_ceiling_mean": float(ceiling.mean()), "ssim_ceiling_share_above_0.9": float((ceiling >= 0.9).mean()),
+                       "ssim_to_noise_free_mean": float(recovered.mean())})
+        rows += [["SSIM ceiling: noise-free phantom vs the stored image", f"{ceiling.mean():.3f} ({(ceiling >= 0.9).mean():.0%} of images ≥ 0.90)", "—"],
+                 ["SSIM of the reconstruction vs the noise-free phantom", f"{recovered.mean():.3f}", "—"]]
+
+    masked = [r for r in records if "mask" in raw[r["safe_name"]] and raw[r["safe_name"]]["mask"].any()]
+    result["n_with_mask"] = len(masked)
+    if masked:
+        masks = torch.from_numpy(np.stack([raw[r["safe_name"]]["mask"] for r in masked]))
+        methods = sorted(k[4:] for k in raw[masked[0]["safe_name"]] if k.startswith("map_"))
+        result["localisation"] = {}
+        for method in methods:
+            maps = torch.from_numpy(np.stack([raw[r["safe_name"]][f"map_{method}"] for r in masked])).float()
+            if method in ("difference", "accumulated"):
+                maps = maps.abs()
+            scores = localisation_scores(maps, masks)
+            pg, auprc = float(np.mean(scores["pointing_game"])), float(np.mean(scores["auprc"]))
+            result["localisation"][method] = {"pointing_game": pg, "auprc": auprc}
+            rows.append([f"pointing game / AUPRC, {method}", f"{pg:.2f} / {auprc:.2f}",
+                         "pointing game ≥ 0.90" if method == "difference" else ("LIG > IG" if method in ("lig", "ig") else "—")])
+
+    print(B.markdown(["measure", f"result ({len(records)} images, {len(masked)} with masks)", "target"], rows))
+    B.write_json(args.json or "bench-explain-acceptance.json",
+                 {"command": " ".join(sys.argv), "explain": str(explain_dir), "phantoms": args.phantoms, **result})
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except MedxganError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,33 @@
+"""The acceptance script of the explanation issue on the quick demo's report (tiny, CPU)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def test_explain_acceptance_on_the_quick_demo(demo_run, tmp_path):
+    run, _ = demo_run
+    out = tmp_path / "acc.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "explain_acceptance.py"), "--explain", str(run / "report"),
+                           "--phantoms", str(run / "phantoms"), "--json", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(out.read_text())
+    summary = json.loads((run / "report" / "summary.json").read_text())["images"]
+    assert got["n"] == len(summary) > 0
+    assert abs(got["ssim_mean"] - np.mean([r["ssim"] for r in summary])) < 1e-9
+    assert got["negative_below_0.1"] == np.mean([r["prob_negative"] < 0.1 for r in summary])
+    # the noise-free phantom is far closer to the image than any quick-demo reconstruction
+    assert 0.5 < got["ssim_ceiling_mean"] < 1.0 and got["ssim_ceiling_mean"] > got["ssim_mean"]
+    assert set(got["localisation"]) >= {"difference", "lig"}
+    for scores in got["localisation"].values():
+        assert 0 <= scores["pointing_game"] <= 1 and 0 <= scores["auprc"] <= 1
+    # the wrong phantom seed is named, not silently scored
+    proc = subprocess.run([sys.executable, str(BENCH / "explain_acceptance.py"), "--explain", str(run / "report"),
+                           "--phantoms", str(run / "phantoms"), "--phantom-seed", "7", "--json", str(tmp_path / "x.json")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "phantom seed 7" in proc.stderr and "Traceback" not in proc.stderr
