@@ -301,7 +301,7 @@ def cmd_train(args) -> int:
 def cmd_train_encoder(args) -> int:
     from medxgan import checkpoint as ckpt
     from medxgan.config import DataConfig, from_dict
-    from medxgan.device import resolve_device
+    from medxgan.device import place, resolve_device
     from medxgan.encoder import ENCODER_FILE, EncoderConfig, encode, train_encoder
     from medxgan.inversion import image_quality
 
@@ -418,6 +418,7 @@ def cmd_explain(args) -> int:
     from medxgan import checkpoint as ckpt
     from medxgan import distributed as dist_
     from medxgan.config import DataConfig, from_dict
+    from medxgan.device import place
     from medxgan.explain import explain_images, list_explainers
     from medxgan.inversion import InversionConfig
     from medxgan.report import read_image_row, safe_names, write_image_outputs, write_overview_figure, write_report
@@ -442,7 +443,7 @@ def cmd_explain(args) -> int:
     progress = not args.no_progress and main
     source = _explain_inputs(args, dcfg, progress)
     expected = (gmeta["channels"], gmeta["size"], gmeta["size"])
-    G, C = G.to(device), C.to(device)
+    G, C = place(G, device), place(C, device)
     from medxgan.encoder import ENCODER_FILE, encode
 
     E = None
@@ -452,8 +453,7 @@ def cmd_explain(args) -> int:
         raise MedxganError(f"{args.model}: no {ENCODER_FILE}; train one with `medxgan train-encoder --model {args.model} --data DIR`")
     if args.encoder:
         E, _ = ckpt.load_encoder(Path(args.model) / ENCODER_FILE, G.cpu(), gmeta)
-        E = E.to(device)
-        G = G.to(device)
+        E, G = place(E, device), place(G, device)
     # With an encoder the inversion starts near the answer (hybrid): fewer steps and one start suffice.
     steps = args.steps if args.steps is not None else (200 if E is not None else 600)
     restarts = args.restarts if args.restarts is not None else (1 if E is not None else 4)
@@ -541,7 +541,7 @@ def cmd_fidelity(args) -> int:
 
     from medxgan import checkpoint as ckpt
     from medxgan.config import DataConfig, from_dict
-    from medxgan.device import resolve_device
+    from medxgan.device import place, resolve_device
     from medxgan.evaluate.fidelity import generated_accuracy
     from medxgan.evaluate.realism import c2st_accuracy, sample_images
 
@@ -549,7 +549,7 @@ def cmd_fidelity(args) -> int:
     config = _read_json(Path(args.model) / "config.json", "run config")
     dcfg = from_dict(DataConfig, config.get("data", {}))
     device = resolve_device(args.device)
-    G, C = G.to(device), C.to(device)
+    G, C = place(G, device), place(C, device)
     splits = load_splits(args.data, dcfg, split_file=run_split_file(args.model, args.data, required=True),
                          progress=not args.no_progress, cache_dir=args.cache_dir)
     runs = [generated_accuracy(G, C, n_z1=args.n_z1, seed=s, device=device) for s in range(args.repeats)]
@@ -586,7 +586,7 @@ def cmd_evaluate(args) -> int:
 
     from medxgan import checkpoint as ckpt
     from medxgan.config import DataConfig, from_dict
-    from medxgan.device import resolve_device
+    from medxgan.device import place, resolve_device
     from medxgan.evaluate.registry import EvalContext, get_experiment, list_experiments
     from medxgan.evaluate.report import write_evaluation
     from medxgan.evaluate.shortcut import load_marker_masks
@@ -637,7 +637,7 @@ def cmd_evaluate(args) -> int:
     restarts = args.restarts if args.restarts is not None else (1 if quick else 4)
     inversion = InversionConfig(steps=steps, restarts=restarts, seed=args.seed, neg_weight=args.neg_weight)
     torch.manual_seed(args.seed)
-    G, C = G.to(device).eval().requires_grad_(False), C.to(device).frozen()
+    G, C = place(G, device).eval().requires_grad_(False), place(C, device).frozen()
     # Phantoms written with --shortcut carry masks of the spurious marker (shortcut experiment).
     marker_masks = load_marker_masks(args.data, list(test.names), dcfg.size, dcfg.resize) if not uses_npz else None
     ctx = EvalContext(

@@ -57,7 +57,8 @@ def train_classifier(cfg: ClassifierConfig, train_images, train_labels, val_imag
     gen = torch.Generator().manual_seed(cfg.seed * 1009 + ctx.rank)  # augmentation: a stream per rank
     _, c, h, _ = train_images.shape
     model = classifier if classifier is not None else build_classifier(cfg, h, c)
-    model = model.to(device).train().requires_grad_(True)
+    # channels-last: ~35 % faster training steps on CPU for these narrow convolutions (see training/gan.py)
+    model = model.to(device, memory_format=torch.channels_last).train().requires_grad_(True)
     run = dist_.wrap(model, ctx, str(device))
     if ctx.distributed:
         model = run.module
