@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as B  # noqa: E402
 
 from medxgan import checkpoint as ckpt  # noqa: E402
+from medxgan.device import place  # noqa: E402
 from medxgan.encoder import ENCODER_FILE, encode  # noqa: E402
 from medxgan.inversion import InversionConfig, image_quality, invert  # noqa: E402
 
@@ -77,11 +78,11 @@ def main():
     args = ap.parse_args()
     device = B.setup(args)
     G, C, gmeta = ckpt.load_medxgan(args.model)
-    G, C = G.to(device), C.to(device)
+    G, C = place(G, device), place(C, device)  # as `medxgan explain` runs them
     E = None
     if (Path(args.model) / ENCODER_FILE).exists():
         E, _ = ckpt.load_encoder(Path(args.model) / ENCODER_FILE, G.cpu(), gmeta)
-        E, G = E.to(device), G.to(device)
+        E, G = place(E, device), place(G, device)
     images, names = B.test_positives(args.model, args.data, args.n)
     paper = InversionConfig.paper()
     if args.paper_steps != paper.steps:
