@@ -32,9 +32,10 @@ def test_paper_config():
     cfg = InversionConfig.paper()
     assert (cfg.steps, cfg.lr, cfg.betas, cfg.restarts) == (10_000, 0.01, (0.5, 0.999), 1)
     assert (cfg.schedule, cfg.patience, cfg.init) == ("constant", 0, "random")
+    assert cfg.neg_weight == 0.0 and cfg.cls_weight == 1.0  # Eq. 5 as published
     d = InversionConfig()
-    assert (d.steps, d.lr, d.betas, d.restarts, d.schedule, d.patience, d.cls_weight, d.init) == (
-        1000, 0.05, (0.9, 0.999), 4, "cosine", 100, 1.0, "random")
+    assert (d.steps, d.lr, d.betas, d.restarts, d.schedule, d.patience, d.cls_weight, d.init, d.neg_weight) == (
+        1000, 0.05, (0.9, 0.999), 4, "cosine", 100, 1.0, "random", 1.0)
 
 
 @pytest.mark.parametrize("bad", [{"schedule": "step"}, {"init": "encoder"}, {"steps": 0}, {"restarts": 0},
@@ -48,7 +49,9 @@ def test_recovers_a_generated_latent_and_loss_decreases():
     G, C = tiny_models()
     _, _, x = generated_images(G)
     assert x.std() > 0.1  # the toy images have structure, so SSIM is not trivially high
-    res = invert(G, C, x, InversionConfig(steps=300, restarts=2, patience=50))
+    # Eq. 5 alone: the toy classifier is random, so its P(G(z1, 0)) need not be low and the
+    # negative-realization term would pull away from the true latent (a trained G's would not).
+    res = invert(G, C, x, InversionConfig(steps=300, restarts=2, patience=50, neg_weight=0.0))
     assert res.ssim.min() >= 0.95
     assert res.mse.max() < 1e-3 and res.delta_prob.max() < 1e-2
     first, last = res.loss_curve[0], res.loss_curve[-1]
@@ -95,9 +98,9 @@ def test_early_stopping_freezes_rows():
 def test_init_starts_restart_zero_there():
     G, C = tiny_models()
     z1, z2, x = generated_images(G, n=2)
-    res = invert(G, C, x, InversionConfig(steps=1, restarts=3), init=(z1, z2))
+    res = invert(G, C, x, InversionConfig(steps=1, restarts=3, neg_weight=0.0), init=(z1, z2))
     assert torch.equal(res.z1, z1) and torch.equal(res.z2, z2)
-    assert res.loss.max() < 1e-6
+    assert res.loss.max() < 1e-6  # Eq. 5 is 0 at the true latents
     with pytest.raises(MedxganError):
         invert(G, C, x, InversionConfig(steps=1), init=(z1[:1], z2[:1]))
 
@@ -199,7 +202,7 @@ def test_negative_realization_term():
 
     start = (torch.randn(4, 8, generator=torch.Generator().manual_seed(3)), torch.randn(4, 4, generator=torch.Generator().manual_seed(4)))
 
-    def p_negative(weight):
+    def p_negative(weight):  # explicit weights: the default (1.0) is not what is tested here
         res = invert(G, C, x, InversionConfig(steps=150, restarts=1, neg_weight=weight), init=start)
         with torch.no_grad():
             return C.positive_prob(G(res.z1, torch.zeros_like(res.z2)))
@@ -207,3 +210,27 @@ def test_negative_realization_term():
     assert p_negative(20.0).mean() < p_negative(0.0).mean() - 0.05
     with pytest.raises(MedxganError, match="neg_weight"):
         InversionConfig(neg_weight=float("nan"))
+
+
+def test_change_prior_term():
+    """change_weight adds w * mean |G(z1, z2) - G(z1, 0)| and, optimised, shrinks that change."""
+    from medxgan.inversion import inversion_loss
+
+    G, C = tiny_models()
+    z1, z2, x = generated_images(G, n=3)
+    G.eval(), C.eval()
+    with torch.no_grad():
+        target = C.positive_prob(x)
+        plain, _, _ = inversion_loss(G, C, z1, z2, x, target)
+        prior, _, _ = inversion_loss(G, C, z1, z2, x, target, change_weight=3.0)
+        change = (G(z1, z2) - G(z1, torch.zeros_like(z2))).abs().flatten(1).mean(1)
+    assert torch.allclose(prior - plain, 3.0 * change, atol=1e-6)
+
+    start = (torch.randn(3, 8, generator=torch.Generator().manual_seed(1)), torch.randn(3, 4, generator=torch.Generator().manual_seed(2)))
+
+    def change_after(weight):
+        res = invert(G, C, x, InversionConfig(steps=100, restarts=1, neg_weight=0.0, change_weight=weight), init=start)
+        with torch.no_grad():
+            return (res.reconstruction - G(res.z1, torch.zeros_like(res.z2))).abs().mean()
+
+    assert change_after(5.0) < 0.8 * change_after(0.0)
