@@ -108,6 +108,13 @@ def test_user_errors_are_one_line(tmp_path, demo_run):
     assert_one_line_error(rc, err, "nothing.png")
     rc, _, err = run_cli("explain", "--model", out / "medxgan", "--out", tmp_path / "e3", "--methods", "lig,magic", out / "phantoms")
     assert_one_line_error(rc, err, "magic")
+    # inversion terms beyond Eq. 5: not with the paper's protocol, never negative
+    rc, _, err = run_cli("explain", "--model", out / "medxgan", "--out", tmp_path / "e4", "--paper-inversion",
+                         "--change-weight", "1", out / "phantoms")
+    assert_one_line_error(rc, err, "--paper-inversion")
+    rc, _, err = run_cli("explain", "--model", out / "medxgan", "--out", tmp_path / "e5", "--neg-weight", "-1", out / "phantoms")
+    assert_one_line_error(rc, err, "neg_weight")
+    assert not (tmp_path / "e4").exists() and not (tmp_path / "e5").exists()
 
 
 def test_cache_dir_decodes_a_folder_once(tmp_path, monkeypatch):

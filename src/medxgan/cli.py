@@ -457,10 +457,10 @@ def cmd_explain(args) -> int:
     # With an encoder the inversion starts near the answer (hybrid): fewer steps and one start suffice.
     steps = args.steps if args.steps is not None else (200 if E is not None else 600)
     restarts = args.restarts if args.restarts is not None else (1 if E is not None else 4)
-    if args.paper_inversion and args.neg_weight is not None:
-        raise MedxganError("--neg-weight and --paper-inversion exclude each other (the paper inverts with Eq. 5 alone)")
+    if args.paper_inversion and (args.neg_weight is not None or args.change_weight is not None):
+        raise MedxganError("--neg-weight / --change-weight and --paper-inversion exclude each other (the paper inverts with Eq. 5 alone)")
     inversion = (InversionConfig.paper() if args.paper_inversion
-                 else InversionConfig(steps=steps, restarts=restarts, seed=args.seed, **_neg_weight(args)))
+                 else InversionConfig(steps=steps, restarts=restarts, seed=args.seed, **_inversion_terms(args)))
 
     names = source.names
     safes = safe_names(names)
@@ -635,7 +635,7 @@ def cmd_evaluate(args) -> int:
     repeats = args.repeats if args.repeats is not None else (1 if quick else 3)
     steps = args.inversion_steps if args.inversion_steps is not None else (40 if quick else 600)
     restarts = args.restarts if args.restarts is not None else (1 if quick else 4)
-    inversion = InversionConfig(steps=steps, restarts=restarts, seed=args.seed, **_neg_weight(args))
+    inversion = InversionConfig(steps=steps, restarts=restarts, seed=args.seed, **_inversion_terms(args))
     torch.manual_seed(args.seed)
     G, C = place(G, device).eval().requires_grad_(False), place(C, device).frozen()
     # Phantoms written with --shortcut carry masks of the spurious marker (shortcut experiment).
@@ -684,9 +684,14 @@ NEG_WEIGHT_HELP = ("inversion: weight of the term beyond Eq. 5 asking the negati
                    "negative, so pathology cannot hide in z1 (default 1; 0 = Eq. 5 as published; README, 'Inversion')")
 
 
-def _neg_weight(args) -> dict:
-    """``--neg-weight`` as an InversionConfig keyword, or nothing (the config's default)."""
-    return {} if args.neg_weight is None else {"neg_weight": args.neg_weight}
+CHANGE_WEIGHT_HELP = ("inversion: weight of an optional prior on the explanation, mean |G(z1, z2) - G(z1, 0)|: the "
+                      "smallest change that makes the image positive (default 0 = off; README, 'Inversion')")
+
+
+def _inversion_terms(args) -> dict:
+    """``--neg-weight`` / ``--change-weight`` as InversionConfig keywords (absent: the config's defaults)."""
+    given = {"neg_weight": args.neg_weight, "change_weight": args.change_weight}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 DEMO_PRESETS = {
@@ -835,6 +840,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the inversion from the run's encoder (train-encoder): much faster, see docs/RESULTS.md for its current quality")
     p.add_argument("--paper-inversion", action="store_true", help="the paper's protocol: Adam lr 0.01, 10,000 steps, one random start")
     p.add_argument("--neg-weight", type=float, metavar="W", help=NEG_WEIGHT_HELP)
+    p.add_argument("--change-weight", type=float, metavar="W", help=CHANGE_WEIGHT_HELP)
     p.add_argument("--frames", type=int, default=11, help="frames of the latent interpolation")
     p.add_argument("--lig-steps", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=16, help="images loaded and explained at once (bounds memory)")
@@ -876,6 +882,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inversion-steps", type=int, help="inversion step cap per image (default 600; --quick: 40)")
     p.add_argument("--restarts", type=int, help="inversion starts per image (default 4; --quick: 1)")
     p.add_argument("--neg-weight", type=float, metavar="W", help=NEG_WEIGHT_HELP)
+    p.add_argument("--change-weight", type=float, metavar="W", help=CHANGE_WEIGHT_HELP)
     p.add_argument("--gan-steps", type=int, help="steps of experiments that train fresh generators (default: the run's gan.steps, at most 800)")
     p.add_argument("--seed", type=int, default=0, help="every random draw of the evaluation derives from it")
     p.add_argument("--quick", action="store_true", help="tiny budgets for smoke tests (about 2 minutes)")
