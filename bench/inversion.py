@@ -147,7 +147,7 @@ def main():
               "hybrid": f"ours: encoder start + {args.hybrid_steps} steps (lr {args.hybrid_lr:g})"}
     rows = [[labels[m], B.fmt(s["seconds_per_image"], ".2f"), f"{B.fmt(s['ssim'])} / {B.fmt(s['ssim_mean'])}", B.fmt(s["psnr"], ".2f"),
              B.fmt(s["delta_prob"], ".4f"), s["reached_paper_ssim"], B.fmt(s["seconds_to_paper_ssim"], ".2f"),
-             B.fmt(s["speedup_vs_paper"], ".1f", "not reached") + ("×" if s["speedup_vs_paper"] else "")]
+             (B.fmt(s["speedup_vs_paper"], ".1f", "not reached") + ("×" if s["speedup_vs_paper"] else "")) if "paper" in summary else "—"]
             for m, s in summary.items()]
     print(B.markdown(["method", "s / image", "SSIM median / mean", "PSNR (dB)", "\\|ΔP_C\\|", "reached paper SSIM",
                       "s to paper SSIM", "speed-up to paper SSIM"], rows))
