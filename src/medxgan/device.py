@@ -28,6 +28,6 @@ def place(module: torch.nn.Module, device) -> torch.nn.Module:
 
     The activations of its convolutions then stay channels-last, which oneDNN (CPU) and cuDNN run
     faster for the narrow layers of our models: on 2 CPU cores an inversion step of G and C is
-    1.2-1.6x faster (batch 4-64), a training step about 1.4x. Values are unchanged up to
+    1.2-1.65x faster (batch 4-64), a GAN training step 1.5x (docs/BENCHMARKS.md). Values are unchanged up to
     floating-point summation order; checkpoints are always written contiguous."""
     return module.to(device, memory_format=torch.channels_last)

@@ -32,6 +32,7 @@ from medxgan import checkpoint as ckpt
 from medxgan import distributed as dist_
 from medxgan.augment import classifier_augment, random_translate
 from medxgan.config import GANConfig
+from medxgan.device import place
 from medxgan.errors import MedxganError
 from medxgan.evaluate.fidelity import generated_accuracy
 from medxgan.models.classifier import BinaryClassifier, positive_class_loss
@@ -54,8 +55,8 @@ def init_state(cfg: GANConfig, size: int, channels: int, device="cpu") -> GANSta
     # (CPU) and cuDNN run faster for these narrow layers (bench/training_step.py --profile: G's
     # forward + backward, which dominate the step, about 30 % faster on 2 CPU cores). The
     # checkpoints are written contiguous, so nothing outside training sees the layout.
-    G = build_generator(cfg, size, channels).to(device, memory_format=torch.channels_last)
-    D = build_discriminator(cfg, size, channels).to(device, memory_format=torch.channels_last)
+    G = place(build_generator(cfg, size, channels), device)
+    D = place(build_discriminator(cfg, size, channels), device)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
     return GANState(G, D, EMA(G, cfg.ema), opt_g, opt_d)
@@ -246,7 +247,7 @@ def train_gan(cfg: GANConfig, images: torch.Tensor, classifier: BinaryClassifier
     if steps_per_epoch < 1:
         raise MedxganError(f"{len(images)} training images are fewer than one batch (gan.batch_size={cfg.batch_size}); "
                            "lower gan.batch_size")
-    classifier = classifier.to(device, memory_format=torch.channels_last).frozen()  # see init_state
+    classifier = place(classifier, device).frozen()  # channels-last, see init_state
     state = init_state(cfg, size, channels, device)
     out = Path(out_dir) if out_dir is not None else None
     main = ctx.is_main
