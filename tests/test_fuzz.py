@@ -6,7 +6,7 @@ import io
 import json
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -24,7 +24,7 @@ def _png_bytes(seed: int, mode: str) -> bytes:
     return buf.getvalue()
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 5), mode=st.sampled_from(["L", "RGB", "RGBA", "P", "I;16", "1", "CMYK"]),
        cut=st.integers(0, 400), flips=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=4),
        ext=st.sampled_from([".png", ".tif", ".jpg", ".bmp", ".dcm", ".nii"]))
@@ -53,7 +53,7 @@ _value = st.text(max_size=12) | st.integers(-10**6, 10**6).map(str) | st.floats(
     | st.sampled_from(["true", "no", "nan", "inf", "1e-3", "(1,2)", "0.7,0.15,0.15", "[]", "64"])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(pairs=st.lists(st.tuples(_key, _value), max_size=4), bare=st.booleans())
 def test_set_overrides_raise_only_medxgan_errors(pairs, bare):
     items = [k if bare else f"{k}={v}" for k, v in pairs]
@@ -75,8 +75,9 @@ _sections = st.fixed_dictionaries({}, optional={
 })
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(d=_sections | _json)
+@example(d={"classifier": {"\n": 0}})  # found by a random run: the unknown key's newline reached the message
 def test_config_files_raise_only_medxgan_errors(d):
     try:
         cfg = from_dict(RunConfig, d)

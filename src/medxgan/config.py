@@ -175,7 +175,7 @@ def from_dict(cls, d: dict):
     names = {f.name for f in dataclasses.fields(cls)}
     for key, value in d.items():
         if key not in names:
-            raise MedxganError(f"unknown config key {cls.__name__}.{key}")
+            raise MedxganError(f"unknown config key {cls.__name__}.{key!r}")  # repr: a key may hold any character
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = from_dict(hint, value)
