@@ -270,6 +270,8 @@ def test_train_encoder_and_explain_with_it(tmp_path, demo_run):
     shutil.copytree(out / "medxgan", model)
     rc, _, err = run_cli("explain", "--model", model, "--data", out / "phantoms", "--n", "1", "--out", tmp_path / "e0", "--encoder")
     assert_one_line_error(rc, err, "train-encoder")
+    rc, _, err = run_cli("evaluate", "--model", model, "--data", out / "phantoms", "--out", tmp_path / "v0", "--encoder", "--quick")
+    assert_one_line_error(rc, err, "train-encoder")
     rc, so, err = run_cli("train-encoder", "--model", model, "--data", out / "phantoms", "--steps", "20", "--no-progress")
     assert rc == 0, err
     assert (model / "encoder.safetensors").exists() and "SSIM" in so
@@ -278,6 +280,15 @@ def test_train_encoder_and_explain_with_it(tmp_path, demo_run):
     assert rc == 0, err
     info = json.loads((tmp_path / "e1" / "summary.json").read_text())["model_info"]
     assert info["inversion"].startswith("encoder start")
+    # evaluate --encoder: the model's inversions start from E(x); convergence perturbs that start.
+    rc, so, err = run_cli("evaluate", "--model", model, "--data", out / "phantoms", "--out", tmp_path / "v1", "--encoder",
+                          "--quick", "--n-images", "2", "--repeats", "2", "--experiments", "convergence,counterfactual",
+                          "--methods", "difference,lig", "--no-progress", "--device", "cpu")
+    assert rc == 0, err
+    data = json.loads((tmp_path / "v1" / "metrics.json").read_text())
+    assert data["meta"]["encoder"] is True and data["meta"]["inversion"]["restarts"] == 1
+    assert data["metrics"]["convergence.start"].startswith("encoder")
+    assert data["metrics"]["convergence.cosine"]["n"] == 2 and "counterfactual_drop.lig" in data["metrics"]
     rc, _, err = run_cli("train-encoder", "--model", model, "--data", out / "phantoms", "--set", "gan.lr_g=1")
     assert_one_line_error(rc, err, "encoder.")
 

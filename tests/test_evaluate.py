@@ -240,6 +240,27 @@ def test_explanation_experiments_on_toy_models():
     assert skipped.metrics["localization.n_images"] == 0 and "Skipped" in skipped.notes[0]
 
 
+def test_convergence_from_an_encoder_start_is_exact_without_perturbation():
+    """Hybrid convergence: identical starts (σ = 0) give identical solutions (cosine and SSIM 1);
+    perturbed starts (σ > 0) begin apart, and the starts are what the seeds say."""
+    from medxgan.evaluate.convergence import perturbed_start, restart_agreement
+
+    torch.set_num_threads(1)
+    G, C = tiny_models(size=16)
+    images, _ = lesion_images(n=3, size=16, seed=4)
+    init = (torch.randn(3, G.z1_dim, generator=torch.Generator().manual_seed(0)),
+            torch.randn(3, G.code_dim, generator=torch.Generator().manual_seed(1)))
+    cfg = InversionConfig(steps=5, restarts=1, patience=0)
+    same = restart_agreement(G, C.frozen(), images, cfg, repeats=3, init=init, sigma=0.0)
+    assert torch.allclose(same["cosine"], torch.ones(3, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(same["ssim"], torch.ones(3, dtype=torch.float64), atol=1e-6)
+    apart = restart_agreement(G, C.frozen(), images, cfg, repeats=3, init=init, sigma=1.0)
+    assert float(apart["cosine"].max()) < 0.99
+    a, b = perturbed_start(init, 0.5, seed=7), perturbed_start(init, 0.5, seed=7)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert abs(float((a[0] - init[0]).std()) - 0.5) < 0.1
+
+
 def test_fidelity_experiment_on_toy_models():
     ctx = toy_context()
     result = get_experiment("fidelity").fn(ctx)

@@ -630,14 +630,29 @@ def cmd_evaluate(args) -> int:
     # An earlier evaluation's metrics and figures are never mixed with (or replaced by) this one's.
     out = _prepare_out(Path(args.out), marker="metrics.json")
 
+    E = None
+    if args.encoder:
+        from medxgan.encoder import ENCODER_FILE
+
+        if not (Path(args.model) / ENCODER_FILE).exists():
+            raise MedxganError(f"{args.model}: no {ENCODER_FILE}; train one with `medxgan train-encoder --model {args.model} --data DIR`")
+        E, _ = ckpt.load_encoder(Path(args.model) / ENCODER_FILE, G, gmeta)
     quick = args.quick
     n_images = args.n_images if args.n_images is not None else (4 if quick else 50)
     repeats = args.repeats if args.repeats is not None else (1 if quick else 3)
-    steps = args.inversion_steps if args.inversion_steps is not None else (40 if quick else 600)
-    restarts = args.restarts if args.restarts is not None else (1 if quick else 4)
+    # Random starts: 400 steps x 2 starts (600 x 4 fitted the phantoms no better: SSIM 0.57 vs
+    # 0.56, docs/RESULTS.md, at three times the cost). From an encoder: 200 steps, one start.
+    random_steps, random_restarts = (40, 1) if quick else (400, 2)
+    steps = args.inversion_steps if args.inversion_steps is not None else (
+        random_steps if E is None else (40 if quick else 200))
+    restarts = args.restarts if args.restarts is not None else (random_restarts if E is None else 1)
     inversion = InversionConfig(steps=steps, restarts=restarts, seed=args.seed, **_inversion_terms(args))
+    # Generators trained by the evaluation itself have no encoder: random starts, at the random-start
+    # budget unless --inversion-steps / --restarts were given for a random-start evaluation.
+    fresh_inversion = inversion if E is None else dataclasses.replace(inversion, steps=random_steps, restarts=random_restarts)
     torch.manual_seed(args.seed)
     G, C = place(G, device).eval().requires_grad_(False), place(C, device).frozen()
+    E = place(E, device) if E is not None else None
     # Phantoms written with --shortcut carry masks of the spurious marker (shortcut experiment).
     marker_masks = load_marker_masks(args.data, list(test.names), dcfg.size, dcfg.resize) if not uses_npz else None
     ctx = EvalContext(
@@ -646,6 +661,7 @@ def cmd_evaluate(args) -> int:
         train_images=splits["train"].images, train_labels=splits["train"].labels,
         run_config=config, n_images=n_images, methods=methods, seed=args.seed, quick=quick, inversion=inversion,
         repeats=repeats, gan_steps=args.gan_steps, device=device, progress=progress, test_marker_masks=marker_masks,
+        encoder=E, fresh_inversion=fresh_inversion,
     )
     meta = {
         "command": _evaluate_command(args),
@@ -654,7 +670,8 @@ def cmd_evaluate(args) -> int:
         "n_test": len(test), "n_test_positive": int((test.labels == 1).sum()),
         "n_test_with_mask": int(test.has_mask.sum()) if test.masks is not None else 0,
         "repeats": repeats, "quick": quick, "gan_steps": args.gan_steps,
-        "inversion": dataclasses.asdict(inversion), "device": str(device),
+        "inversion": dataclasses.asdict(inversion), "encoder": E is not None,
+        "fresh_model_inversion": dataclasses.asdict(fresh_inversion), "device": str(device),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "timings": {},
     }
@@ -879,8 +896,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="difference,lig,gradcam,ig,ig_negative,random", help="explanation methods compared")
     p.add_argument("--n-images", type=int, help="explain at most N test positives (default 50; --quick: 4)")
     p.add_argument("--repeats", type=int, help="repetitions where the protocol repeats (default 3; --quick: 1)")
-    p.add_argument("--inversion-steps", type=int, help="inversion step cap per image (default 600; --quick: 40)")
-    p.add_argument("--restarts", type=int, help="inversion starts per image (default 4; --quick: 1)")
+    p.add_argument("--inversion-steps", type=int,
+                   help="inversion step cap per image (default 400 from random starts, 200 with --encoder; --quick: 40)")
+    p.add_argument("--restarts", type=int, help="inversion starts per image (default 2 random ones, 1 with --encoder; --quick: 1)")
+    p.add_argument("--encoder", action="store_true",
+                   help="start every inversion with the model's generator from its encoder (train-encoder; hybrid inversion). "
+                        "Generators the evaluation trains itself still start at random")
     p.add_argument("--neg-weight", type=float, metavar="W", help=NEG_WEIGHT_HELP)
     p.add_argument("--change-weight", type=float, metavar="W", help=CHANGE_WEIGHT_HELP)
     p.add_argument("--gan-steps", type=int, help="steps of experiments that train fresh generators (default: the run's gan.steps, at most 800)")

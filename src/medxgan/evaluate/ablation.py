@@ -24,7 +24,7 @@ import torch
 from medxgan.evaluate.fidelity import generated_accuracy
 from medxgan.evaluate.mapstats import attribution_maps, pointing_game, positive_mass_share
 from medxgan.evaluate.registry import ExperimentResult, Table, mean_std_ci, register_experiment
-from medxgan.evaluate.retrain import evaluation_inversion, gan_config, train_fresh_gan
+from medxgan.evaluate.retrain import fresh_model_inversion, gan_config, train_fresh_gan
 from medxgan.explain.latent import latent_interpolation
 from medxgan.inversion import invert
 
@@ -73,7 +73,7 @@ def run_code_ablation(ctx) -> ExperimentResult:
     device = next(ctx.C.parameters()).device
     images = images.to(device)
     n_z1 = QUICK_N_Z1 if ctx.quick else N_Z1
-    inversion = evaluation_inversion(ctx)
+    inversion = fresh_model_inversion(ctx)
     lig_steps = 8 if ctx.quick else 32
     metrics: dict = {}
     rows = []

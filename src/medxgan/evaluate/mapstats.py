@@ -114,7 +114,7 @@ __all__ = ["map_ssim", "normalise_unit", "pixel_relevance", "pointing_game", "po
 # --- computing maps --------------------------------------------------------------------------
 
 def attribution_maps(G, C, images: torch.Tensor, methods, inversion=None, latents=None, ig_steps: int = 32,
-                     lig_steps: int = 32, path_steps: int = 128) -> dict[str, torch.Tensor]:
+                     lig_steps: int = 32, path_steps: int = 128, init=None) -> dict[str, torch.Tensor]:
     """Every method's map of ``images`` with classifier ``C`` (registered explainers, default
     targets), sharing one set of latents between the latent methods.
 
@@ -125,6 +125,7 @@ def attribution_maps(G, C, images: torch.Tensor, methods, inversion=None, latent
             by the image index) when a latent method needs latents and ``latents`` is None.
         latents: optional fixed (z1 [B,z1_dim], z2 [B,code_dim]).
         ig_steps, lig_steps, path_steps: the same quadrature budgets as ``explain_images``.
+        init: optional (z1, z2) start of that inversion (e.g. an encoder's guess, hybrid inversion).
     Returns:
         {method: [B,C,H,W] CPU float32 map}.
     """
@@ -133,7 +134,7 @@ def attribution_maps(G, C, images: torch.Tensor, methods, inversion=None, latent
 
     inversion = inversion if inversion is not None else InversionConfig()
     if latents is None and any(EXPLAINERS[m].uses_latents for m in methods if m in EXPLAINERS):
-        result = invert(G, C, images, inversion, first_index=0)
+        result = invert(G, C, images, inversion, init=init, first_index=0)
         latents = (result.z1, result.z2)
     options = {"ig": {"n_steps": ig_steps}, "ig_negative": {"n_steps": ig_steps}, "lig": {"n_steps": lig_steps},
                "lig_path": {"n_steps": path_steps}}

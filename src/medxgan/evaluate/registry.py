@@ -116,7 +116,12 @@ class EvalContext:
         methods: explanation methods compared (registered explainer names, incl. "random").
         seed: every random draw of the evaluation derives from it.
         quick: tiny budgets (tests, smoke runs): experiments shrink repeats, steps and training.
-        inversion: the InversionConfig used to invert the test positives.
+        inversion: the InversionConfig used to invert the test positives with ``G``.
+        encoder: optional encoder x -> (z1, z2) of ``G`` (``medxgan train-encoder``): every
+            inversion with ``G`` then starts from E(x) (hybrid inversion); None = random starts.
+        fresh_inversion: the InversionConfig for generators the evaluation trains itself (data
+            randomisation, class-code ablation): they have no encoder, so they always start at
+            random. None = ``inversion``.
         repeats: R, repetitions where the protocol repeats (Table 1, convergence restarts).
         gan_steps: training budget of experiments that train fresh generators (ablation,
             data randomisation); None = the run's own ``gan.steps``.
@@ -139,6 +144,8 @@ class EvalContext:
     seed: int = 0
     quick: bool = False
     inversion: Any = None  # medxgan.inversion.InversionConfig; None = its defaults
+    encoder: Any = None  # medxgan.encoder.Encoder of G, or None (random starts)
+    fresh_inversion: Any = None  # InversionConfig for freshly trained generators; None = inversion
     repeats: int = 3
     gan_steps: int | None = None  # GAN steps for experiments that train generators (None: the run's gan.steps)
     device: str | torch.device = "cpu"
@@ -154,6 +161,15 @@ class EvalContext:
         names = [self.test_names[i] for i in idx.tolist()] if self.test_names is not None else [f"test_{i}" for i in idx.tolist()]
         return self.test_images[idx], masks, names
 
+    def inversion_start(self, images: torch.Tensor):
+        """(z1, z2) = E(images) when the evaluation has an encoder (hybrid inversion), else None
+        (random starts). ``images`` [B,C,H,W] in [-1,1]."""
+        if self.encoder is None:
+            return None
+        from medxgan.encoder import encode
+
+        return encode(self.encoder, images)
+
     def explanations(self):
         """Every method's map for the test positives, from one shared inversion (cached).
 
@@ -166,7 +182,9 @@ class EvalContext:
             inversion = self.inversion if self.inversion is not None else InversionConfig(seed=self.seed)
             out = []
             for start in range(0, len(images), 16):  # bounded memory: 16 images at a time
-                out += explain_images(self.G, self.C, images[start:start + 16], methods=self.methods, inversion=inversion,
+                chunk = images[start:start + 16]
+                out += explain_images(self.G, self.C, chunk, methods=self.methods, inversion=inversion,
+                                      init=self.inversion_start(chunk),
                                       names=names[start:start + 16],
                                       masks=masks[start:start + 16] if masks is not None else None,
                                       first_index=start, progress=self.progress)

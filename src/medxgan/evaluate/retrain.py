@@ -64,6 +64,12 @@ def evaluation_inversion(ctx) -> InversionConfig:
     return ctx.inversion if ctx.inversion is not None else InversionConfig(seed=ctx.seed)
 
 
+def fresh_model_inversion(ctx) -> InversionConfig:
+    """The inversion config for generators the evaluation trains itself (random starts: they have
+    no encoder): ``ctx.fresh_inversion``, else :func:`evaluation_inversion`."""
+    return ctx.fresh_inversion if ctx.fresh_inversion is not None else evaluation_inversion(ctx)
+
+
 def reinitialised_copy(module: nn.Module, seed: int) -> nn.Module:
     """A deep copy of ``module`` with every submodule that has ``reset_parameters`` (convolutions,
     linear layers, BatchNorm weights and running statistics) re-initialised from ``seed``: the same
@@ -101,5 +107,5 @@ def train_fresh_gan(ctx, classifier, code: str | None = None):
     return generator.to(ctx.device).eval().requires_grad_(False), cfg
 
 
-__all__ = ["FRESH_GAN_STEPS", "QUICK_CLASSIFIER_EPOCHS", "QUICK_GAN_STEPS", "classifier_config", "evaluation_inversion", "gan_config",
+__all__ = ["FRESH_GAN_STEPS", "QUICK_CLASSIFIER_EPOCHS", "QUICK_GAN_STEPS", "classifier_config", "evaluation_inversion", "fresh_model_inversion", "gan_config",
            "reinitialised_copy", "train_fresh_classifier", "train_fresh_gan"]

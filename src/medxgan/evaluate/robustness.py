@@ -8,7 +8,9 @@ image. Stability against the clean map is measured per image by the SSIM of the 
 Inversion budget: half of the evaluation inversion's steps and one restart (noise levels multiply
 the inversion work). The clean reference maps use the *same* shortened config and the same
 per-image starts, so at σ = 0 every map is reproduced exactly and stability is 1: what lowers it
-is the noise, not a different optimiser run. The "random" control is left out: its map does
+is the noise, not a different optimiser run. With an encoder (hybrid inversion) each inversion
+starts from the encoder's guess for the image it inverts, clean or noisy: the encoder's own
+response to noise is part of what is measured, as it is in use. The "random" control is left out: its map does
 not depend on the input, so its stability is 1 by construction.
 """
 
@@ -46,7 +48,7 @@ def robustness_inversion(base: InversionConfig) -> InversionConfig:
 
 def explanation_stability(G, C, images: torch.Tensor, methods, sigmas=SIGMAS, inversion: InversionConfig | None = None,
                           seed: int = 0, top_fraction: float = TOP_FRACTION, ig_steps: int = 32,
-                          lig_steps: int = 32) -> dict[str, dict[str, torch.Tensor]]:
+                          lig_steps: int = 32, start=None) -> dict[str, dict[str, torch.Tensor]]:
     """Stability of every method's map under Gaussian input noise.
 
     Args:
@@ -54,15 +56,21 @@ def explanation_stability(G, C, images: torch.Tensor, methods, sigmas=SIGMAS, in
         methods: explainer names (latent methods re-invert every noisy image with ``inversion``).
         sigmas: noise levels; level ``i`` draws its noise from seed ``seed * 1000 + i``.
         inversion: used as given for the clean and the noisy images (see the module docstring).
+        start: optional ``start(images) -> (z1, z2)``, e.g. an encoder: each inversion (clean and
+            noisy) then starts from the guess for the image it inverts (hybrid inversion).
     Returns:
         {method: {"ssim": [S,B], "topk_iou": [S,B]}} float64, one row per σ.
     """
-    clean = attribution_maps(G, C, images, methods, inversion=inversion, ig_steps=ig_steps, lig_steps=lig_steps)
+    def init(x):
+        return start(x) if start is not None else None
+
+    clean = attribution_maps(G, C, images, methods, inversion=inversion, ig_steps=ig_steps, lig_steps=lig_steps,
+                             init=init(images))
     out = {m: {"ssim": [], "topk_iou": []} for m in methods}
     for i, sigma in enumerate(sigmas):
         noisy_images = add_gaussian_noise(images, sigma, seed * 1000 + i)
         noisy = clean if sigma == 0 else attribution_maps(G, C, noisy_images, methods, inversion=inversion,
-                                                          ig_steps=ig_steps, lig_steps=lig_steps)
+                                                          ig_steps=ig_steps, lig_steps=lig_steps, init=init(noisy_images))
         for m in methods:
             out[m]["ssim"].append(map_ssim(clean[m], noisy[m]))
             out[m]["topk_iou"].append(topk_iou(clean[m], noisy[m], top_fraction))
@@ -104,7 +112,8 @@ def run_noise_robustness(ctx) -> ExperimentResult:
     inversion = robustness_inversion(evaluation_inversion(ctx))
     steps = 8 if ctx.quick else 32
     stability = explanation_stability(ctx.G, ctx.C, images.to(device), methods, sigmas, inversion, ctx.seed,
-                                      ig_steps=steps, lig_steps=steps)
+                                      ig_steps=steps, lig_steps=steps,
+                                      start=ctx.inversion_start if ctx.encoder is not None else None)
     noisy_levels = [i for i, s in enumerate(sigmas) if s > 0]
     metrics: dict = {}
     curves: dict = {}

@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from medxgan.evaluate.mapstats import attribution_maps, map_ssim, pointing_game, positive_mass_share, spearman_rank
 from medxgan.evaluate.registry import ExperimentResult, Table, mean_std_ci, register_experiment
-from medxgan.evaluate.retrain import evaluation_inversion, train_fresh_classifier, train_fresh_gan
+from medxgan.evaluate.retrain import evaluation_inversion, fresh_model_inversion, train_fresh_classifier, train_fresh_gan
 
 GRADIENT_METHODS = ("gradcam", "ig", "ig_negative", "lig", "lig_path")  # maps that read C's gradients
 LOCALISING_METHODS = ("difference", "lig")  # medXGAN's maps scored in the data-randomisation check
@@ -113,11 +113,11 @@ def _data_randomisation(ctx, images: torch.Tensor, masks: torch.Tensor) -> tuple
     device = next(ctx.C.parameters()).device
     steps = 8 if ctx.quick else 32
     methods = list(LOCALISING_METHODS)
-    shuffled_maps = attribution_maps(G_shuffled, C_shuffled, images.to(device), methods, inversion=evaluation_inversion(ctx),
+    shuffled_maps = attribution_maps(G_shuffled, C_shuffled, images.to(device), methods, inversion=fresh_model_inversion(ctx),
                                      ig_steps=steps, lig_steps=steps)
     missing = [m for m in methods if m not in ctx.methods]
     trained_maps = attribution_maps(ctx.G, ctx.C, images.to(device), missing, inversion=evaluation_inversion(ctx),
-                                    ig_steps=steps, lig_steps=steps) if missing else {}
+                                    ig_steps=steps, lig_steps=steps, init=ctx.inversion_start(images.to(device))) if missing else {}
     for m in methods:
         if m not in trained_maps:
             trained_maps[m] = ctx.maps(m)[: len(images)]
