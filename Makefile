@@ -12,6 +12,11 @@ $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check ".[test,medical]"
+	# Quantus, only for the tests that cross-check our metrics against it. Its metadata asks for
+	# opencv-python, whose GUI build needs libGL (absent on headless machines); the headless build
+	# provides the same cv2 module, so Quantus goes in without its declared dependencies.
+	$(PY) -m pip install -q --disable-pip-version-check "opencv-python-headless>=4.8" "pandas>=2" "cachetools>=5"
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps "quantus>=0.6,<0.7"
 	touch $@
 
 install: $(VENV)/.installed

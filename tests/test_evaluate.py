@@ -18,7 +18,7 @@ from medxgan.evaluate.report import format_cell, write_evaluation
 from medxgan.evaluate.sparsity import gini_index, nonzero_fraction
 from medxgan.inversion import InversionConfig
 from medxgan.models.classifier import BinaryClassifier
-from toy_models import tiny_models
+from toy_models import lesion_images, tiny_models
 
 
 # --- a classifier that keys on a planted bright lesion -------------------------------------
@@ -33,18 +33,6 @@ class BrightSpotNet(nn.Module):
 
     def forward(self, x):  # [B,1,H,W] in [-1,1] -> [B,1]
         return torch.relu(x - 0.5).flatten(1).sum(1, keepdim=True) + self.offset
-
-
-def lesion_images(n=4, size=16, seed=0):
-    """[n,1,size,size] background in [-1,0] with a 4x4 lesion at 1.0; masks [n,1,size,size] bool."""
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.rand(n, 1, size, size, generator=gen) - 1.0
-    masks = torch.zeros(n, 1, size, size, dtype=torch.bool)
-    for i in range(n):
-        r, c = torch.randint(0, size - 4, (2,), generator=gen).tolist()
-        masks[i, :, r : r + 4, c : c + 4] = True
-    images[masks] = 1.0
-    return images, masks
 
 
 @pytest.fixture(scope="module")

@@ -30,3 +30,15 @@ def tiny_models(size=16, channels=1, code="continuous", n_logits=1, seed=0):
     z2 = G.sample_code(torch.randint(0, 2, (128,), generator=gen), gen)
     calibrate_batchnorm(C, calibrate_batchnorm(G, z1, z2))
     return G, C
+
+
+def lesion_images(n=4, size=16, seed=0):
+    """[n,1,size,size] background in [-1,0] with a 4x4 lesion at 1.0; masks [n,1,size,size] bool."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, size, size, generator=gen) - 1.0
+    masks = torch.zeros(n, 1, size, size, dtype=torch.bool)
+    for i in range(n):
+        r, c = torch.randint(0, size - 4, (2,), generator=gen).tolist()
+        masks[i, :, r : r + 4, c : c + 4] = True
+    images[masks] = 1.0
+    return images, masks
