@@ -73,6 +73,8 @@ def main():
     ap.add_argument("--random-restarts", type=int, default=4)
     ap.add_argument("--hybrid-steps", type=int, default=200)
     ap.add_argument("--hybrid-lr", type=float, default=InversionConfig().lr, help="Adam lr of the refinement from the encoder start")
+    ap.add_argument("--ours-neg-weight", type=float, default=InversionConfig().neg_weight,
+                    help="negative-realization weight of our methods (default: explain's; 0 = Eq. 5 alone, the paper protocol's objective)")
     ap.add_argument("--methods", default="paper,random,hybrid",
                     help="comma-separated subset of paper,random,hybrid (without paper: no speed-ups, e.g. to scan --hybrid-steps)")
     ap.add_argument("--trace-every", type=int, default=100, help="SSIM trajectory resolution of the paper protocol (steps)")
@@ -96,9 +98,11 @@ def main():
     if "hybrid" in wanted and E is None:
         raise SystemExit(f"--methods hybrid: {args.model} holds no {ENCODER_FILE} (medxgan train-encoder)")
     methods = {"paper": (paper, None, args.trace_every),
-               "random": (InversionConfig(steps=args.random_steps, restarts=args.random_restarts), None, args.ours_trace_every)}
+               "random": (InversionConfig(steps=args.random_steps, restarts=args.random_restarts, neg_weight=args.ours_neg_weight),
+                          None, args.ours_trace_every)}
     if E is not None:
-        methods["hybrid"] = (InversionConfig(steps=args.hybrid_steps, restarts=1, lr=args.hybrid_lr), E, args.ours_trace_every)
+        methods["hybrid"] = (InversionConfig(steps=args.hybrid_steps, restarts=1, lr=args.hybrid_lr, neg_weight=args.ours_neg_weight),
+                             E, args.ours_trace_every)
     methods = {m: methods[m] for m in ("paper", "random", "hybrid") if m in wanted and m in methods}
 
     per_image = {m: [] for m in methods}  # method -> list of per-image dicts
@@ -142,9 +146,10 @@ def main():
             "wall_time_ratio": (B.median([per_image["paper"][i]["seconds"] / r["seconds"] for i, r in enumerate(recs)])
                                 if "paper" in per_image else None),
         }
+    objective = "" if args.ours_neg_weight == InversionConfig().neg_weight else f", neg weight {args.ours_neg_weight:g}"
     labels = {"paper": f"paper protocol ({paper.steps} steps, 1 random start)",
-              "random": f"ours: {args.random_restarts} random starts x {args.random_steps} steps",
-              "hybrid": f"ours: encoder start + {args.hybrid_steps} steps (lr {args.hybrid_lr:g})"}
+              "random": f"ours: {args.random_restarts} random starts x {args.random_steps} steps{objective}",
+              "hybrid": f"ours: encoder start + {args.hybrid_steps} steps (lr {args.hybrid_lr:g}{objective})"}
     rows = [[labels[m], B.fmt(s["seconds_per_image"], ".2f"), f"{B.fmt(s['ssim'])} / {B.fmt(s['ssim_mean'])}", B.fmt(s["psnr"], ".2f"),
              B.fmt(s["delta_prob"], ".4f"), s["reached_paper_ssim"], B.fmt(s["seconds_to_paper_ssim"], ".2f"),
              (B.fmt(s["speedup_vs_paper"], ".1f", "not reached") + ("×" if s["speedup_vs_paper"] else "")) if "paper" in summary else "—"]

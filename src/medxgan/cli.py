@@ -608,7 +608,7 @@ def cmd_evaluate(args) -> int:
     unknown = [m for m in methods if m not in list_explainers()]
     if unknown or not methods:
         raise MedxganError(f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(list_explainers())}")
-    for flag, value in (("--n-images", args.n_images), ("--repeats", args.repeats), ("--inversion-steps", args.inversion_steps),
+    for flag, value in (("--n-images", args.n_images), ("--n-images-costly", args.n_images_costly), ("--repeats", args.repeats), ("--inversion-steps", args.inversion_steps),
                         ("--restarts", args.restarts), ("--gan-steps", args.gan_steps)):
         if value is not None and value < 1:
             raise MedxganError(f"{flag} must be at least 1, got {value}")
@@ -639,6 +639,7 @@ def cmd_evaluate(args) -> int:
         E, _ = ckpt.load_encoder(Path(args.model) / ENCODER_FILE, G, gmeta)
     quick = args.quick
     n_images = args.n_images if args.n_images is not None else (4 if quick else 50)
+    n_images_costly = args.n_images_costly if args.n_images_costly is not None else 25
     repeats = args.repeats if args.repeats is not None else (1 if quick else 3)
     # Random starts: 400 steps x 2 starts (600 x 4 fitted the phantoms no better: SSIM 0.57 vs
     # 0.56, docs/RESULTS.md, at three times the cost). From an encoder: 200 steps, one start.
@@ -659,14 +660,14 @@ def cmd_evaluate(args) -> int:
         G=G, C=C, test_images=test.images, test_labels=test.labels, test_masks=test.masks, test_names=list(test.names),
         reference_images=torch.cat([splits["val"].images, test.images]),
         train_images=splits["train"].images, train_labels=splits["train"].labels,
-        run_config=config, n_images=n_images, methods=methods, seed=args.seed, quick=quick, inversion=inversion,
+        run_config=config, n_images=n_images, n_images_costly=n_images_costly, methods=methods, seed=args.seed, quick=quick, inversion=inversion,
         repeats=repeats, gan_steps=args.gan_steps, device=device, progress=progress, test_marker_masks=marker_masks,
         encoder=E, fresh_inversion=fresh_inversion,
     )
     meta = {
         "command": _evaluate_command(args),
         "model": str(args.model), "data": str(args.data), "experiments": [e.name for e in experiments],
-        "methods": list(methods), "seed": args.seed, "n_images": n_images,
+        "methods": list(methods), "seed": args.seed, "n_images": n_images, "n_images_costly": n_images_costly,
         "n_test": len(test), "n_test_positive": int((test.labels == 1).sum()),
         "n_test_with_mask": int(test.has_mask.sum()) if test.masks is not None else 0,
         "repeats": repeats, "quick": quick, "gan_steps": args.gan_steps,
@@ -895,6 +896,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-experiments", action="store_true", help="list the registered experiments and exit")
     p.add_argument("--methods", default="difference,lig,gradcam,ig,ig_negative,random", help="explanation methods compared")
     p.add_argument("--n-images", type=int, help="explain at most N test positives (default 50; --quick: 4)")
+    p.add_argument("--n-images-costly", type=int,
+                   help="at most N of them (the first) for the experiments that invert again or train fresh models: "
+                        "convergence, sanity, noise_robustness, code_ablation (default 25)")
     p.add_argument("--repeats", type=int, help="repetitions where the protocol repeats (default 3; --quick: 1)")
     p.add_argument("--inversion-steps", type=int,
                    help="inversion step cap per image (default 400 from random starts, 200 with --encoder; --quick: 40)")

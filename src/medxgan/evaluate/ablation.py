@@ -66,7 +66,7 @@ def run_code_ablation(ctx) -> ExperimentResult:
     (``continuous`` / ``discrete``): ``generated_accuracy``, ``generated_auc`` (floats),
     ``monotone_share`` and, with masks, ``<method>.{mass,pointing_game}`` ({mean, std, ci95, n}
     over test positives); plus ``gan_steps``, ``gan_seed``, ``n_z1``, ``images``."""
-    images, masks, _ = ctx.positives()
+    images, masks, _ = ctx.positives(costly=True)
     if ctx.quick:
         images = images[:QUICK_IMAGES]
         masks = masks[:QUICK_IMAGES] if masks is not None else None

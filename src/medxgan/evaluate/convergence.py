@@ -105,7 +105,7 @@ def run_convergence(ctx) -> ExperimentResult:
     std, ci95, n} over test positives), ``convergence.reconstruction_ssim`` (fit to the image),
     ``convergence.repeats``, ``convergence.seeds``, ``convergence.inversion_steps`` and
     ``convergence.start`` ("random", or the encoder start and its perturbation)."""
-    images, _, _ = ctx.positives()
+    images, _, _ = ctx.positives(costly=True)
     device = next(ctx.C.parameters()).device
     inversion = evaluation_inversion(ctx)
     repeats = max(MIN_REPEATS, ctx.repeats)

@@ -113,6 +113,9 @@ class EvalContext:
             fresh model (data randomisation, class-code ablation, realism feature network).
         run_config: the model run's config.json as a dict (data / classifier / gan sections).
         n_images: at most this many test positives go through the explanation experiments.
+        n_images_costly: at most this many of them (the first ones) go through the experiments
+            that invert them again or train fresh models (convergence, sanity, noise_robustness,
+            code_ablation), so that the whole evaluation fits its hour on 2 CPU cores.
         methods: explanation methods compared (registered explainer names, incl. "random").
         seed: every random draw of the evaluation derives from it.
         quick: tiny budgets (tests, smoke runs): experiments shrink repeats, steps and training.
@@ -140,6 +143,7 @@ class EvalContext:
     test_marker_masks: torch.Tensor | None = None  # [N,1,H,W] bool spurious-marker pixels (phantoms --shortcut)
     run_config: dict = field(default_factory=dict)
     n_images: int = 100
+    n_images_costly: int = 25
     methods: tuple[str, ...] = ("difference", "lig", "gradcam", "ig", "ig_negative", "random")
     seed: int = 0
     quick: bool = False
@@ -152,9 +156,11 @@ class EvalContext:
     progress: bool = False
     _cache: dict = field(default_factory=dict, repr=False)
 
-    def positives(self) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
-        """(images, masks or None, names) of the first ``n_images`` test positives."""
-        idx = torch.nonzero(self.test_labels == 1).flatten()[: self.n_images]
+    def positives(self, costly: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
+        """(images, masks or None, names) of the first ``n_images`` test positives (``costly``:
+        of the first ``min(n_images, n_images_costly)``, a prefix of the same list)."""
+        limit = min(self.n_images, self.n_images_costly) if costly else self.n_images
+        idx = torch.nonzero(self.test_labels == 1).flatten()[:limit]
         if len(idx) == 0:
             raise MedxganError("the test split holds no positive image to explain")
         masks = self.test_masks[idx] if self.test_masks is not None else None

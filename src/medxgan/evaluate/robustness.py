@@ -103,7 +103,7 @@ def run_noise_robustness(ctx) -> ExperimentResult:
     ``<method>`` = {mean, std, ci95, n} over test positives of the map SSIM averaged over the noise
     levels σ > 0; ``curves`` = {method: {ssim, topk_iou}: one {mean, std, ci95, n} per σ};
     ``sigmas``, ``noise_seeds``, ``inversion_steps``, ``top_fraction``."""
-    images, _, _ = ctx.positives()
+    images, _, _ = ctx.positives(costly=True)
     if ctx.quick:
         images = images[:QUICK_IMAGES]
     device = next(ctx.C.parameters()).device

@@ -158,7 +158,7 @@ def run_sanity(ctx) -> ExperimentResult:
     classifier's maps (lower = the map depends on the model); ``cascade`` (per layer step, per
     method: spearman and ssim); ``data_randomisation`` (part (b)) or ``data_randomisation_skipped``
     with the reason; ``seed``."""
-    images, masks, _ = ctx.positives()
+    images, masks, _ = ctx.positives(costly=True)
     if ctx.quick:
         images = images[:QUICK_IMAGES]
         masks = masks[:QUICK_IMAGES] if masks is not None else None
