@@ -8,7 +8,7 @@ positive class folder of ``--data`` (the streaming file path: images decoded bat
 records its wall time and its peak resident memory (``ru_maxrss`` of that process). Memory flat
 in N means the run holds one batch, not the job. Per-image time is the command's wall time over
 N (model loading included, so it falls slightly with N). ``--explain-args`` passes further
-options (e.g. ``"--encoder"`` or ``"--steps 200 --restarts 2"``) to every run.
+options (e.g. ``--explain-args=--encoder`` or ``--explain-args="--steps 200 --restarts 2"``: with ``=``, since the value starts with a dash) to every run.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main():
     ap.add_argument("--data", required=True, help="data folder; its positive class folder is explained")
     ap.add_argument("--sizes", default="50,200,1000", help="comma-separated numbers of images")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--explain-args", default="", help="extra `medxgan explain` options, one string")
+    ap.add_argument("--explain-args", default="", help="extra `medxgan explain` options, one string (write --explain-args=--encoder: the value starts with a dash)")
     ap.add_argument("--keep", help="keep the reports under this folder (default: a temporary folder, removed)")
     B.add_common_args(ap, repeats=1)
     args = ap.parse_args()
