@@ -272,6 +272,7 @@ def test_train_encoder_and_explain_with_it(tmp_path, demo_run):
     assert_one_line_error(rc, err, "train-encoder")
     rc, _, err = run_cli("evaluate", "--model", model, "--data", out / "phantoms", "--out", tmp_path / "v0", "--encoder", "--quick")
     assert_one_line_error(rc, err, "train-encoder")
+    assert not (tmp_path / "v0").exists()  # refused before anything is written
     rc, so, err = run_cli("train-encoder", "--model", model, "--data", out / "phantoms", "--steps", "20", "--no-progress")
     assert rc == 0, err
     assert (model / "encoder.safetensors").exists() and "SSIM" in so

@@ -627,9 +627,6 @@ def cmd_evaluate(args) -> int:
         raise MedxganError(f"test images are {tuple(test.images.shape[1:])}, the model expects {expected}")
     if not bool((test.labels == 1).any()):
         raise MedxganError("the test split holds no positive image to explain")
-    # An earlier evaluation's metrics and figures are never mixed with (or replaced by) this one's.
-    out = _prepare_out(Path(args.out), marker="metrics.json")
-
     E = None
     if args.encoder:
         from medxgan.encoder import ENCODER_FILE
@@ -637,6 +634,9 @@ def cmd_evaluate(args) -> int:
         if not (Path(args.model) / ENCODER_FILE).exists():
             raise MedxganError(f"{args.model}: no {ENCODER_FILE}; train one with `medxgan train-encoder --model {args.model} --data DIR`")
         E, _ = ckpt.load_encoder(Path(args.model) / ENCODER_FILE, G, gmeta)
+    # An earlier evaluation's metrics and figures are never mixed with (or replaced by) this one's.
+    out = _prepare_out(Path(args.out), marker="metrics.json")
+
     quick = args.quick
     n_images = args.n_images if args.n_images is not None else (4 if quick else 50)
     n_images_costly = args.n_images_costly if args.n_images_costly is not None else 25

@@ -113,7 +113,7 @@ def run_noise_robustness(ctx) -> ExperimentResult:
     steps = 8 if ctx.quick else 32
     stability = explanation_stability(ctx.G, ctx.C, images.to(device), methods, sigmas, inversion, ctx.seed,
                                       ig_steps=steps, lig_steps=steps,
-                                      start=ctx.inversion_start if ctx.encoder is not None else None)
+                                      start=ctx.inversion_start)
     noisy_levels = [i for i, s in enumerate(sigmas) if s > 0]
     metrics: dict = {}
     curves: dict = {}
