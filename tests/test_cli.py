@@ -290,6 +290,20 @@ def test_train_encoder_and_explain_with_it(tmp_path, demo_run):
     assert data["meta"]["encoder"] is True and data["meta"]["inversion"]["restarts"] == 1
     assert data["metrics"]["convergence.start"].startswith("encoder")
     assert data["metrics"]["convergence.cosine"]["n"] == 2 and "counterfactual_drop.lig" in data["metrics"]
+    assert data["metrics"]["convergence.cosine"]["mean"] < 1.0  # perturbed starts (σ 0.5) do not land exactly together
+    # --convergence-sigma 0: the deterministic encoder start, so every repeat finds the same latent.
+    rc, so, err = run_cli("evaluate", "--model", model, "--data", out / "phantoms", "--out", tmp_path / "v2", "--encoder",
+                          "--quick", "--n-images", "2", "--repeats", "2", "--experiments", "convergence", "--convergence-sigma", "0",
+                          "--no-progress", "--device", "cpu")
+    assert rc == 0, err
+    data = json.loads((tmp_path / "v2" / "metrics.json").read_text())
+    assert data["metrics"]["convergence.start"] == "encoder + 0 N(0, I)" and data["meta"]["convergence_sigma"] == 0
+    assert data["metrics"]["convergence.cosine"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    assert data["metrics"]["convergence.ssim"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    rc, _, err = run_cli("evaluate", "--model", model, "--data", out / "phantoms", "--out", tmp_path / "v3", "--encoder",
+                         "--convergence-sigma", "-1")
+    assert_one_line_error(rc, err, "--convergence-sigma")
+    assert not (tmp_path / "v3").exists()
     rc, _, err = run_cli("train-encoder", "--model", model, "--data", out / "phantoms", "--set", "gan.lr_g=1")
     assert_one_line_error(rc, err, "encoder.")
 

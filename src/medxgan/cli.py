@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -612,6 +613,8 @@ def cmd_evaluate(args) -> int:
                         ("--restarts", args.restarts), ("--gan-steps", args.gan_steps)):
         if value is not None and value < 1:
             raise MedxganError(f"{flag} must be at least 1, got {value}")
+    if not (math.isfinite(args.convergence_sigma) and args.convergence_sigma >= 0):
+        raise MedxganError(f"--convergence-sigma must be a finite number >= 0, got {args.convergence_sigma}")
 
     G, C, gmeta = ckpt.load_medxgan(args.model)
     config = _read_json(Path(args.model) / "config.json", "run config")
@@ -662,7 +665,7 @@ def cmd_evaluate(args) -> int:
         train_images=splits["train"].images, train_labels=splits["train"].labels,
         run_config=config, n_images=n_images, n_images_costly=n_images_costly, methods=methods, seed=args.seed, quick=quick, inversion=inversion,
         repeats=repeats, gan_steps=args.gan_steps, device=device, progress=progress, test_marker_masks=marker_masks,
-        encoder=E, fresh_inversion=fresh_inversion,
+        encoder=E, fresh_inversion=fresh_inversion, convergence_sigma=args.convergence_sigma,
     )
     meta = {
         "command": _evaluate_command(args),
@@ -671,7 +674,7 @@ def cmd_evaluate(args) -> int:
         "n_test": len(test), "n_test_positive": int((test.labels == 1).sum()),
         "n_test_with_mask": int(test.has_mask.sum()) if test.masks is not None else 0,
         "repeats": repeats, "quick": quick, "gan_steps": args.gan_steps,
-        "inversion": dataclasses.asdict(inversion), "encoder": E is not None,
+        "inversion": dataclasses.asdict(inversion), "encoder": E is not None, "convergence_sigma": args.convergence_sigma,
         "fresh_model_inversion": dataclasses.asdict(fresh_inversion), "device": str(device),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "timings": {},
@@ -906,6 +909,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", action="store_true",
                    help="start every inversion with the model's generator from its encoder (train-encoder; hybrid inversion). "
                         "Generators the evaluation trains itself still start at random")
+    p.add_argument("--convergence-sigma", type=float, default=0.5, metavar="S",
+                   help="with --encoder, convergence repeats start at E(x) + S*N(0, I) (default 0.5; 0 = the deterministic "
+                        "encoder start, identical across repeats)")
     p.add_argument("--neg-weight", type=float, metavar="W", help=NEG_WEIGHT_HELP)
     p.add_argument("--change-weight", type=float, metavar="W", help=CHANGE_WEIGHT_HELP)
     p.add_argument("--gan-steps", type=int, help="steps of experiments that train fresh generators (default: the run's gan.steps, at most 800)")

@@ -7,8 +7,10 @@ With an encoder (``medxgan evaluate --encoder``, hybrid inversion) the start is 
 E(x), the same for every repeat, so agreement would be 1 by construction. The question Table 3
 asks of it is whether the refined solution is a stable one — whether starts *around* the
 encoder's guess come back to the same latent: repeat r starts at E(x) + σ·ε_r with ε_r ~ N(0, I)
-(seed ``inversion.seed + r``) and σ = :data:`HYBRID_START_SIGMA`, half the prior's own scale
-(z1's norm is about sqrt(z1_dim), so two such starts begin at a latent cosine of about 0.8). The
+(seed ``inversion.seed + r``) and σ = ``ctx.convergence_sigma`` (``evaluate --convergence-sigma``,
+default :data:`HYBRID_START_SIGMA`, half the prior's own scale: z1's norm is about sqrt(z1_dim), so
+two such starts begin at a latent cosine of about 0.8; σ = 0 is the deterministic hybrid start,
+which agrees with itself exactly). The
 recovered latents (z1, z2 concatenated) are compared by pairwise cosine similarity and the
 reconstructions G(z1, z2) by pairwise SSIM; each image contributes the mean over its R(R-1)/2
 pairs, and the table gives mean ± std over images (paper, brain MRI: 0.965 ± 0.008 / 0.970 ± 0.020).
@@ -112,9 +114,10 @@ def run_convergence(ctx) -> ExperimentResult:
     seeds = [inversion.seed + r for r in range(repeats)]
     images = images.to(device)
     init = ctx.inversion_start(images)
-    agreement = restart_agreement(ctx.G, ctx.C, images, inversion, repeats, ctx.progress, init=init)
+    sigma = float(ctx.convergence_sigma)
+    agreement = restart_agreement(ctx.G, ctx.C, images, inversion, repeats, ctx.progress, init=init, sigma=sigma)
     metrics = {key: mean_std_ci(values, seed=ctx.seed) for key, values in agreement.items()}
-    start = "random" if init is None else f"encoder + {HYBRID_START_SIGMA} N(0, I)"
+    start = "random" if init is None else f"encoder + {sigma:g} N(0, I)"
     metrics.update(repeats=repeats, seeds=seeds, inversion_steps=inversion.steps, start=start)
     rows = []
     for key, label in (("cosine", "latent cosine similarity"), ("ssim", "reconstruction SSIM")):
@@ -124,7 +127,7 @@ def run_convergence(ctx) -> ExperimentResult:
         title="Agreement between independent inversions",
         columns=["quantity", "mean", "std", "images", "paper (brain MRI)"],
         rows=rows,
-        note=(f"{repeats} {'random starts' if init is None else f'starts E(x) + {HYBRID_START_SIGMA}·N(0, I) (hybrid inversion)'} "
+        note=(f"{repeats} {'random starts' if init is None else f'starts E(x) + {sigma:g}·N(0, I) (hybrid inversion)'} "
               f"per test positive (one restart each, seeds {seeds}, {inversion.steps} steps max, "
               f"lr {inversion.lr}); per image the mean over all pairs of starts, then mean ± std over images."),
     )

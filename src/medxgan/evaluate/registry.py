@@ -126,6 +126,8 @@ class EvalContext:
             randomisation, class-code ablation): they have no encoder, so they always start at
             random. None = ``inversion``.
         repeats: R, repetitions where the protocol repeats (Table 1, convergence restarts).
+        convergence_sigma: with an encoder, convergence repeat r starts at E(x) + σ·ε_r with this σ
+            (``medxgan.evaluate.convergence``); 0 gives E(x) itself, identical for every repeat.
         gan_steps: training budget of experiments that train fresh generators (ablation,
             data randomisation); None = the run's own ``gan.steps``.
         progress: show tqdm bars.
@@ -151,6 +153,7 @@ class EvalContext:
     encoder: Any = None  # medxgan.encoder.Encoder of G, or None (random starts)
     fresh_inversion: Any = None  # InversionConfig for freshly trained generators; None = inversion
     repeats: int = 3
+    convergence_sigma: float = 0.5  # hybrid convergence: std of the perturbation around E(x) (0 = the deterministic start)
     gan_steps: int | None = None  # GAN steps for experiments that train generators (None: the run's gan.steps)
     device: str | torch.device = "cpu"
     progress: bool = False
