@@ -303,6 +303,9 @@ def test_train_encoder_and_explain_with_it(tmp_path, demo_run):
     rc, _, err = run_cli("evaluate", "--model", model, "--data", out / "phantoms", "--out", tmp_path / "v3", "--encoder",
                          "--convergence-sigma", "-1")
     assert_one_line_error(rc, err, "--convergence-sigma")
+    rc, _, err = run_cli("evaluate", "--model", model, "--data", out / "phantoms", "--out", tmp_path / "v3",
+                         "--convergence-sigma", "0.1")
+    assert_one_line_error(rc, err, "--convergence-sigma", "--encoder")
     assert not (tmp_path / "v3").exists()
     rc, _, err = run_cli("train-encoder", "--model", model, "--data", out / "phantoms", "--set", "gan.lr_g=1")
     assert_one_line_error(rc, err, "encoder.")

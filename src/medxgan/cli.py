@@ -588,6 +588,7 @@ def cmd_evaluate(args) -> int:
     from medxgan import checkpoint as ckpt
     from medxgan.config import DataConfig, from_dict
     from medxgan.device import place, resolve_device
+    from medxgan.evaluate.convergence import HYBRID_START_SIGMA
     from medxgan.evaluate.registry import EvalContext, get_experiment, list_experiments
     from medxgan.evaluate.report import write_evaluation
     from medxgan.evaluate.shortcut import load_marker_masks
@@ -613,8 +614,11 @@ def cmd_evaluate(args) -> int:
                         ("--restarts", args.restarts), ("--gan-steps", args.gan_steps)):
         if value is not None and value < 1:
             raise MedxganError(f"{flag} must be at least 1, got {value}")
-    if not (math.isfinite(args.convergence_sigma) and args.convergence_sigma >= 0):
+    if args.convergence_sigma is not None and not args.encoder:
+        raise MedxganError("--convergence-sigma perturbs the encoder's start: it needs --encoder (random starts have no such setting)")
+    if args.convergence_sigma is not None and not (math.isfinite(args.convergence_sigma) and args.convergence_sigma >= 0):
         raise MedxganError(f"--convergence-sigma must be a finite number >= 0, got {args.convergence_sigma}")
+    convergence_sigma = HYBRID_START_SIGMA if args.convergence_sigma is None else args.convergence_sigma
 
     G, C, gmeta = ckpt.load_medxgan(args.model)
     config = _read_json(Path(args.model) / "config.json", "run config")
@@ -665,7 +669,7 @@ def cmd_evaluate(args) -> int:
         train_images=splits["train"].images, train_labels=splits["train"].labels,
         run_config=config, n_images=n_images, n_images_costly=n_images_costly, methods=methods, seed=args.seed, quick=quick, inversion=inversion,
         repeats=repeats, gan_steps=args.gan_steps, device=device, progress=progress, test_marker_masks=marker_masks,
-        encoder=E, fresh_inversion=fresh_inversion, convergence_sigma=args.convergence_sigma,
+        encoder=E, fresh_inversion=fresh_inversion, convergence_sigma=convergence_sigma,
     )
     meta = {
         "command": _evaluate_command(args),
@@ -674,7 +678,7 @@ def cmd_evaluate(args) -> int:
         "n_test": len(test), "n_test_positive": int((test.labels == 1).sum()),
         "n_test_with_mask": int(test.has_mask.sum()) if test.masks is not None else 0,
         "repeats": repeats, "quick": quick, "gan_steps": args.gan_steps,
-        "inversion": dataclasses.asdict(inversion), "encoder": E is not None, "convergence_sigma": args.convergence_sigma,
+        "inversion": dataclasses.asdict(inversion), "encoder": E is not None, "convergence_sigma": convergence_sigma if E is not None else None,
         "fresh_model_inversion": dataclasses.asdict(fresh_inversion), "device": str(device),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "timings": {},
@@ -911,7 +915,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", action="store_true",
                    help="start every inversion with the model's generator from its encoder (train-encoder; hybrid inversion). "
                         "Generators the evaluation trains itself still start at random")
-    p.add_argument("--convergence-sigma", type=float, default=0.5, metavar="S",
+    p.add_argument("--convergence-sigma", type=float, metavar="S",
                    help="with --encoder, convergence repeats start at E(x) + S*N(0, I) (default 0.5; 0 = the deterministic "
                         "encoder start, identical across repeats)")
     p.add_argument("--neg-weight", type=float, metavar="W", help=NEG_WEIGHT_HELP)
