@@ -208,6 +208,7 @@ def cmd_train_classifier(args) -> int:
         model, history = train_classifier(cfg.classifier, splits["train"].images, splits["train"].labels,
                                           splits["val"].images, splits["val"].labels, device=device,
                                           progress=not args.no_progress, classifier=brought, ctx=ctx)
+    dist_.finish(ctx)
     if not main:
         return 0
     metrics = {s: binary_metrics(predict_proba(model, splits[s].images, device=device), splits[s].labels) for s in ("val", "test")}
@@ -284,6 +285,7 @@ def cmd_train(args) -> int:
 
     G, stats = train_gan(cfg.gan, real, classifier, out_dir=out, resume=args.resume, device=device,
                          progress=progress, on_sample=on_sample, ctx=ctx)
+    dist_.finish(ctx)
     if not main:
         return 0
     fid = generated_accuracy(G, classifier.to(device), n_z1=args.eval_z1, seed=0, device=device)

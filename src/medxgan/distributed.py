@@ -85,6 +85,25 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def finish(ctx: Context) -> None:
+    """Leave the process group on every rank together, once the distributed part of a command
+    is over (rank 0 then evaluates and writes alone).
+
+    A rank that left early and tore down its side of the group while rank 0 was still working
+    could abort at exit ("terminate called without an active exception" under gloo), and
+    torchrun then killed rank 0 before it wrote its metrics. Here the DDP wrappers left over
+    from training are collected first, every rank waits for the others, and all of them destroy
+    the group at the same point, while the interpreter is fully alive.
+    """
+    if not ctx.distributed or not (dist.is_available() and dist.is_initialized()):
+        return
+    import gc
+
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()
