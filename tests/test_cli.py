@@ -114,7 +114,9 @@ def test_user_errors_are_one_line(tmp_path, demo_run):
     assert_one_line_error(rc, err, "--paper-inversion")
     rc, _, err = run_cli("explain", "--model", out / "medxgan", "--out", tmp_path / "e5", "--neg-weight", "-1", out / "phantoms")
     assert_one_line_error(rc, err, "neg_weight")
-    assert not (tmp_path / "e4").exists() and not (tmp_path / "e5").exists()
+    rc, _, err = run_cli("explain", "--model", out / "medxgan", "--out", tmp_path / "e6", "--anchor-weight", "-1", out / "phantoms")
+    assert_one_line_error(rc, err, "anchor_weight")
+    assert not any((tmp_path / e).exists() for e in ("e4", "e5", "e6"))
 
 
 def test_cache_dir_decodes_a_folder_once(tmp_path, monkeypatch):
@@ -300,6 +302,15 @@ def test_train_encoder_and_explain_with_it(tmp_path, demo_run):
     assert data["metrics"]["convergence.start"] == "encoder + 0 N(0, I)" and data["meta"]["convergence_sigma"] == 0
     assert data["metrics"]["convergence.cosine"]["mean"] == pytest.approx(1.0, abs=1e-6)
     assert data["metrics"]["convergence.ssim"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    # --anchor-weight pulls every perturbed start back toward E(x): the repeats agree more than in v1.
+    rc, so, err = run_cli("evaluate", "--model", model, "--data", out / "phantoms", "--out", tmp_path / "v4", "--encoder",
+                          "--quick", "--n-images", "2", "--repeats", "2", "--experiments", "convergence", "--anchor-weight", "10",
+                          "--no-progress", "--device", "cpu")
+    assert rc == 0, err
+    anchored = json.loads((tmp_path / "v4" / "metrics.json").read_text())
+    assert anchored["meta"]["inversion"]["anchor_weight"] == 10
+    v1 = json.loads((tmp_path / "v1" / "metrics.json").read_text())["metrics"]["convergence.cosine"]["mean"]
+    assert anchored["metrics"]["convergence.cosine"]["mean"] > v1 + 0.05, (anchored["metrics"]["convergence.cosine"], v1)
     rc, _, err = run_cli("evaluate", "--model", model, "--data", out / "phantoms", "--out", tmp_path / "v3", "--encoder",
                          "--convergence-sigma", "-1")
     assert_one_line_error(rc, err, "--convergence-sigma")

@@ -234,3 +234,52 @@ def test_change_prior_term():
             return (res.reconstruction - G(res.z1, torch.zeros_like(res.z2))).abs().mean()
 
     assert change_after(5.0) < 0.8 * change_after(0.0)
+
+
+class NullDirections(nn.Module):
+    """G with z1's last ``k`` coordinates ignored: Eq. 5 is flat along them."""
+
+    def __init__(self, G, k):
+        super().__init__()
+        self.G, self.k = G, k
+        self.z1_dim, self.code_dim, self.code = G.z1_dim, G.code_dim, G.code
+
+    def forward(self, z1, z2):
+        return self.G(torch.cat([z1[:, :-self.k], torch.zeros_like(z1[:, -self.k:])], 1), z2)
+
+
+def test_anchor_term():
+    """anchor_weight adds w * mean (z - ref)^2, ref = the given anchor, else init, else 0."""
+    G, C = tiny_models()
+    z1, z2, x = generated_images(G, n=3)
+    zeros = (torch.zeros_like(z1), torch.zeros_like(z2))
+    # one step from the true latents: the loss is the anchor term alone (Eq. 5 is 0 there)
+    cfg = InversionConfig(steps=1, restarts=1, neg_weight=0.0, anchor_weight=2.0)
+    res = invert(G, C, x, cfg, init=(z1, z2), anchor=zeros)
+    expected = 2.0 * torch.cat([z1, z2], 1).pow(2).mean(1)
+    assert torch.allclose(res.loss, expected, rtol=1e-4, atol=1e-6)
+    assert res.loss.min() > 0.1  # the term is there and not negligible
+    assert invert(G, C, x, cfg, init=(z1, z2)).loss.max() < 1e-6  # default reference = init: nothing to pay
+
+    # without an init or anchor the reference is the prior mean: a strong pull ends near 0
+    strong = invert(G, C, x, InversionConfig(steps=200, restarts=1, neg_weight=0.0, anchor_weight=1e3))
+    assert torch.cat([strong.z1, strong.z2], 1).abs().max() < 0.05
+
+    # A generator that ignores z1's last two coordinates has a flat Eq. 5 minimum along them:
+    # without the term they stay wherever each start put them; with it they go to the anchor.
+    flat = NullDirections(G, 2)
+    gen = torch.Generator().manual_seed(11)
+    starts = [(z1 + 0.7 * torch.randn(z1.shape, generator=gen), z2 + 0.7 * torch.randn(z2.shape, generator=gen)) for _ in range(2)]
+
+    def null_coordinates(weight):
+        cfg = InversionConfig(steps=300, restarts=1, neg_weight=0.0, anchor_weight=weight)
+        return [invert(flat, C, x, cfg, init=s, anchor=(z1, z2)).z1[:, -2:] for s in starts]
+
+    a, b = null_coordinates(0.0)
+    assert torch.allclose(a, starts[0][0][:, -2:]) and torch.allclose(b, starts[1][0][:, -2:])
+    a, b = null_coordinates(0.1)
+    assert torch.allclose(a, z1[:, -2:], atol=0.05) and torch.allclose(b, z1[:, -2:], atol=0.05)
+    with pytest.raises(MedxganError, match="anchor"):
+        invert(G, C, x, cfg, init=(z1, z2), anchor=(z1[:1], z2[:1]))
+    with pytest.raises(MedxganError, match="anchor_weight"):
+        InversionConfig(anchor_weight=-1.0)

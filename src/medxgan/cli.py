@@ -460,8 +460,9 @@ def cmd_explain(args) -> int:
     # With an encoder the inversion starts near the answer (hybrid): fewer steps and one start suffice.
     steps = args.steps if args.steps is not None else (200 if E is not None else 600)
     restarts = args.restarts if args.restarts is not None else (1 if E is not None else 4)
-    if args.paper_inversion and (args.neg_weight is not None or args.change_weight is not None):
-        raise MedxganError("--neg-weight / --change-weight and --paper-inversion exclude each other (the paper inverts with Eq. 5 alone)")
+    if args.paper_inversion and any(getattr(args, k) is not None for k in ("neg_weight", "change_weight", "anchor_weight")):
+        raise MedxganError("--neg-weight / --change-weight / --anchor-weight and --paper-inversion exclude each other "
+                           "(the paper inverts with Eq. 5 alone)")
     inversion = (InversionConfig.paper() if args.paper_inversion
                  else InversionConfig(steps=steps, restarts=restarts, seed=args.seed, **_inversion_terms(args)))
 
@@ -659,7 +660,9 @@ def cmd_evaluate(args) -> int:
     inversion = InversionConfig(steps=steps, restarts=restarts, seed=args.seed, **_inversion_terms(args))
     # Generators trained by the evaluation itself have no encoder: random starts, at the random-start
     # budget unless --inversion-steps / --restarts were given for a random-start evaluation.
-    fresh_inversion = inversion if E is None else dataclasses.replace(inversion, steps=random_steps, restarts=random_restarts)
+    # (The anchor term pulls toward the encoder's guess; those random starts have none, so it is off.)
+    fresh_inversion = inversion if E is None else dataclasses.replace(inversion, steps=random_steps, restarts=random_restarts,
+                                                                      anchor_weight=0.0)
     torch.manual_seed(args.seed)
     G, C = place(G, device).eval().requires_grad_(False), place(C, device).frozen()
     E = place(E, device) if E is not None else None
@@ -715,9 +718,15 @@ CHANGE_WEIGHT_HELP = ("inversion: weight of an optional prior on the explanation
                       "smallest change that makes the image positive (default 0 = off; README, 'Inversion')")
 
 
+ANCHOR_WEIGHT_HELP = ("inversion: weight of a pull of the latents toward a reference, mean (z - ref)^2: the encoder's "
+                      "guess E(x) with --encoder, else 0 (a Gaussian prior). It picks one point of Eq. 5's flat minimum, "
+                      "so that nearby starts agree (default 0 = off; README, 'Inversion')")
+
+
 def _inversion_terms(args) -> dict:
-    """``--neg-weight`` / ``--change-weight`` as InversionConfig keywords (absent: the config's defaults)."""
-    given = {"neg_weight": args.neg_weight, "change_weight": args.change_weight}
+    """``--neg-weight`` / ``--change-weight`` / ``--anchor-weight`` as InversionConfig keywords
+    (absent: the config's defaults)."""
+    given = {"neg_weight": args.neg_weight, "change_weight": args.change_weight, "anchor_weight": args.anchor_weight}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -870,6 +879,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper-inversion", action="store_true", help="the paper's protocol: Adam lr 0.01, 10,000 steps, one random start")
     p.add_argument("--neg-weight", type=float, metavar="W", help=NEG_WEIGHT_HELP)
     p.add_argument("--change-weight", type=float, metavar="W", help=CHANGE_WEIGHT_HELP)
+    p.add_argument("--anchor-weight", type=float, metavar="W", help=ANCHOR_WEIGHT_HELP)
     p.add_argument("--frames", type=int, default=11, help="frames of the latent interpolation")
     p.add_argument("--lig-steps", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=16, help="images loaded and explained at once (bounds memory)")
@@ -922,6 +932,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "encoder start, identical across repeats)")
     p.add_argument("--neg-weight", type=float, metavar="W", help=NEG_WEIGHT_HELP)
     p.add_argument("--change-weight", type=float, metavar="W", help=CHANGE_WEIGHT_HELP)
+    p.add_argument("--anchor-weight", type=float, metavar="W", help=ANCHOR_WEIGHT_HELP)
     p.add_argument("--gan-steps", type=int, help="steps of experiments that train fresh generators (default: the run's gan.steps, at most 800)")
     p.add_argument("--seed", type=int, default=0, help="every random draw of the evaluation derives from it")
     p.add_argument("--quick", action="store_true", help="tiny budgets for smoke tests (about 2 minutes)")

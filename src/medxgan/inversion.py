@@ -54,6 +54,13 @@ class InversionConfig:
     # (in [-1,1] units), the smallest change that makes the image positive — the counterfactual
     # reading of the difference map. 0 (default) = off.
     change_weight: float = 0.0
+    # Weight of an optional pull of the latents toward a reference, mean over coordinates of
+    # (z - reference)^2: the encoder's guess E(x) when the inversion starts from it (``explain
+    # --encoder``), else the prior mean 0 (a Gaussian prior, i.e. MAP inversion). Eq. 5's minimum is
+    # a flat valley of latents that reproduce the image equally well; this term picks one point of
+    # it, so that starts near the guess end at the same latent (hybrid convergence, docs/RESULTS.md).
+    # 0 (default for random starts) = off.
+    anchor_weight: float = 0.0
     init: str = "random"  # random: z ~ N(0, I) | zeros: restart 0 starts at the prior mean
     seed: int = 0
 
@@ -68,8 +75,10 @@ class InversionConfig:
             raise MedxganError(f"inversion.schedule must be cosine or constant, got {self.schedule!r}")
         if self.init not in ("random", "zeros"):
             raise MedxganError(f"inversion.init must be random or zeros, got {self.init!r}")
-        if not all(v >= 0 for v in (self.patience, self.min_delta, self.cls_weight, self.neg_weight, self.change_weight)):  # NaN fails too
-            raise MedxganError("inversion.patience, min_delta, cls_weight, neg_weight and change_weight must be non-negative")
+        if not all(v >= 0 for v in (self.patience, self.min_delta, self.cls_weight, self.neg_weight, self.change_weight,
+                                    self.anchor_weight)):  # NaN fails too
+            raise MedxganError("inversion.patience, min_delta, cls_weight, neg_weight, change_weight and anchor_weight "
+                               "must be non-negative")
 
     @classmethod
     def paper(cls) -> "InversionConfig":
@@ -222,9 +231,30 @@ def image_quality(reconstruction: torch.Tensor, image: torch.Tensor) -> tuple[to
     return mse, psnr, torch.tensor(ssim, dtype=torch.float32, device=image.device)
 
 
+def _anchor_rows(G, n_images: int, R: int, init, anchor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reference [B*R, z1+code], coordinate mask [z1+code]) of the anchor term: ``anchor`` if
+    given, else ``init``, else the prior mean (0; a discrete code's coordinates are left free)."""
+    ref = anchor if anchor is not None else init
+    mask = torch.ones(G.z1_dim + G.code_dim, device=device)
+    if ref is None:
+        if getattr(G, "code", "continuous") == "discrete":
+            mask[G.z1_dim:] = 0
+        return torch.zeros(n_images * R, G.z1_dim + G.code_dim, device=device), mask
+    z1_ref, z2_ref = (t.detach().to(device, torch.float32) for t in ref)
+    if z1_ref.shape != (n_images, G.z1_dim) or z2_ref.shape != (n_images, G.code_dim):
+        raise MedxganError(f"inversion anchor must be z1 [{n_images},{G.z1_dim}] and z2 [{n_images},{G.code_dim}], "
+                           f"got {tuple(z1_ref.shape)} and {tuple(z2_ref.shape)}")
+    return torch.cat([z1_ref, z2_ref], dim=1).repeat_interleave(R, 0), mask
+
+
+def _anchor_term(z: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return ((z - ref).pow(2) * mask).sum(1) / mask.sum()
+
+
 def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init=None,
            progress: bool = False, first_index: int | None = None,
-           trace: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None, trace_every: int = 100) -> InversionResult:
+           trace: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None, trace_every: int = 100,
+           anchor=None) -> InversionResult:
     """Eq. 5: find latent codes (z1, z2) with G(z1, z2) ≈ x and P_C(G(z1, z2)) ≈ P_C(x).
 
     Args:
@@ -242,6 +272,8 @@ def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init
             restarts), e.g. to record an SSIM-versus-time trajectory (``bench/inversion.py``). It
             runs inside the optimisation loop (its time counts in a wall-clock measurement unless
             the caller subtracts it) and is not called after every row has stopped early.
+        anchor: optional (z1 [B,z1_dim], z2 [B,code_dim]) reference of the ``cfg.anchor_weight``
+            term; default ``init``, else 0. Give it separately when the start is a perturbed guess.
 
     Returns:
         :class:`InversionResult` of the lowest-loss restart of every image. G and C are used in
@@ -262,6 +294,8 @@ def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init
         t_rows = prob_target.repeat_interleave(R)
         z = _initial_latents(G, n_images, cfg, init, device, first_index)  # [B*R, z1+code]
         d1 = G.z1_dim
+        if cfg.anchor_weight > 0:
+            ref_rows, ref_mask = _anchor_rows(G, n_images, R, init, anchor, device)
         m, v = torch.zeros_like(z), torch.zeros_like(z)
         t = torch.zeros(rows, dtype=torch.long, device=device)  # Adam steps per row
         best_loss = torch.full((rows,), math.inf, device=device)
@@ -284,6 +318,8 @@ def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init
             with torch.enable_grad():
                 loss, _, _ = inversion_loss(G, C, za[:, :d1], za[:, d1:], x_rows[idx], t_rows[idx], cfg.cls_weight,
                                             cfg.neg_weight, cfg.change_weight)
+                if cfg.anchor_weight > 0:
+                    loss = loss + cfg.anchor_weight * _anchor_term(za, ref_rows[idx], ref_mask)
                 (grad,) = torch.autograd.grad(loss.sum(), za)
             with torch.no_grad():
                 loss = loss.detach()
@@ -311,6 +347,8 @@ def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init
             z1, z2 = z_best[:, :d1].contiguous(), z_best[:, d1:].contiguous()
             loss, mse, recon = inversion_loss(G, C, z1, z2, x, prob_target, cfg.cls_weight, cfg.neg_weight,
                                               cfg.change_weight)
+            if cfg.anchor_weight > 0:
+                loss = loss + cfg.anchor_weight * _anchor_term(z_best, ref_rows[keep], ref_mask)
             prob_recon = C.positive_prob(recon)
     _, psnr, ssim = image_quality(recon, x)
     loss_curve = torch.stack(curve)[:, keep] if curve else torch.zeros(0, n_images, device=device)

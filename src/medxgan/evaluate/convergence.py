@@ -90,7 +90,7 @@ def restart_agreement(G, C, images: torch.Tensor, inversion: InversionConfig, re
     for r in range(repeats):
         cfg = dataclasses.replace(inversion, restarts=1, seed=inversion.seed + r, init="random")
         start = perturbed_start(init, sigma, cfg.seed) if init is not None else None
-        result = invert(G, C, images, cfg, init=start, progress=progress, first_index=0)
+        result = invert(G, C, images, cfg, init=start, progress=progress, first_index=0, anchor=init)
         latents.append(torch.cat([result.z1, result.z2], dim=1).detach())  # [B, z1_dim + code_dim]
         reconstructions.append(result.reconstruction.detach())
         fits.append(result.ssim.double().cpu())
