@@ -1,6 +1,7 @@
 """Configs, models, checkpoints and the Eq. 4 training step on tiny models."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -336,3 +337,38 @@ def test_instance_noise_reaches_discriminator_inputs_only():
     assert torch.equal(a, b) and abs(float(a.std()) - 0.5) < 0.05
     with pytest.raises(MedxganError, match="instance_noise"):
         dataclasses.replace(TINY_GAN, instance_noise=-0.1)
+
+
+def test_conditional_discriminator_adds_a_class_projection(tmp_path):
+    """gan.d_conditional: D(x, y) = D's unconditional logit + <embed(y), mean features>; real
+    images get the frozen classifier's decision as their class; training and resume work."""
+    from medxgan.models.gan import Discriminator
+
+    torch.manual_seed(0)
+    D = build_discriminator(GANConfig(ndf=4, d_conditional=True), 16, 1).eval()
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        h = D.mbstd(D.features(x))
+        base = D.head(h).squeeze(1)
+        for label in (0, 1):
+            y = torch.full((3,), label)
+            expected = base + (D.embed(y) * h.mean(dim=(2, 3))).sum(1)
+            torch.testing.assert_close(D(x, y), expected)
+        assert not torch.allclose(D(x, torch.zeros(3)), D(x, torch.ones(3)))
+    with pytest.raises(MedxganError, match="labels"):
+        D(x)
+    assert build_discriminator(GANConfig(ndf=4), 16, 1).embed is None  # Eq. 4's D: unconditional
+    with pytest.raises(MedxganError, match="d_conditional"):
+        GANConfig(arch="paper", d_conditional=True)
+
+    clf = build_classifier(ClassifierConfig(width=4, depth=2), 16, 1)
+    real = torch.rand(12, 1, 16, 16) * 2 - 1
+    cfg = GANConfig(z1_dim=8, z2_dim=4, ngf=4, ndf=4, batch_size=4, steps=4, checkpoint_every=2, sample_every=100,
+                    ema_start=1, d_conditional=True)
+    G_full, stats = train_gan(cfg, real, clf, out_dir=tmp_path / "a", progress=False)
+    assert all(math.isfinite(v) for s in stats for v in s.values() if isinstance(v, float))
+    import dataclasses
+
+    train_gan(dataclasses.replace(cfg, steps=2), real, clf, out_dir=tmp_path / "b", progress=False)
+    G_res, _ = train_gan(cfg, real, clf, out_dir=tmp_path / "b", resume=True, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(G_full.state_dict().values(), G_res.state_dict().values()))

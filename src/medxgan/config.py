@@ -116,6 +116,10 @@ class GANConfig:
     g_norm: str = "batch"  # normalisation in G (medxgan arch): batch | none
     g_upsample: str = "nearest"  # 2x upsampling in G (medxgan arch): nearest | bilinear (smooth, but D then wins on texture)
     d_mbstd_group: int = 4  # minibatch-stddev feature in D over groups of this size (anti mode collapse); 1 = off
+    # Projection discriminator (Miyato & Koyama 2018): D also sees the class — y for G's images, the
+    # frozen classifier's decision for real ones — so G's positives must match the real positives,
+    # not only please C. Eq. 4's D is unconditional (False).
+    d_conditional: bool = False
     bf16: bool = False  # bf16 autocast for the forward passes on CUDA (ignored on other devices)
     checkpoint_every: int = 500
     sample_every: int = 250
@@ -142,6 +146,8 @@ class GANConfig:
             raise MedxganError(f"gan.change_l1 must be >= 0, got {self.change_l1}")
         if self.change_l1 > 0 and self.batch_size % 2:
             raise MedxganError(f"gan.change_l1 pairs images: gan.batch_size must be even, got {self.batch_size}")
+        if self.d_conditional and self.arch == "paper":
+            raise MedxganError("gan.d_conditional needs gan.arch=medxgan (the paper's D is unconditional)")
         if self.d_mbstd_group < 1:
             raise MedxganError(f"gan.d_mbstd_group must be >= 1 (1 = off), got {self.d_mbstd_group}")
         if not 0 <= self.ema < 1:

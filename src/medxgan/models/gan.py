@@ -155,6 +155,7 @@ class Discriminator(nn.Module):
                 layers += [nn.LeakyReLU(0.2, inplace=True), nn.Dropout(0.5)]
             self.features = nn.Sequential(*layers)
             self.mbstd = None  # the official layout, unchanged
+            self.embed = None
             self.head = nn.Sequential(nn.Flatten(), sn(nn.Linear(512 * (size // 8) ** 2, 1)))
             return
         n_down = max(1, int(math.log2(size)) - 2)  # down to a 3..4 px map
@@ -171,12 +172,20 @@ class Discriminator(nn.Module):
         self.mbstd = MinibatchStd(cfg.d_mbstd_group) if cfg.d_mbstd_group > 1 else None
         extra = 1 if self.mbstd is not None else 0
         self.head = nn.Sequential(nn.Flatten(), sn(nn.Linear((cin + extra) * side * side, 1)))
+        # projection term <embed(y), spatially averaged features>: one learnt direction per class
+        self.embed = sn(nn.Embedding(2, cin + extra)) if cfg.d_conditional else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B,C,H,W] -> [B] realness logits
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """[B,C,H,W] (and, for a conditional D, binary class labels [B]) -> [B] realness logits."""
         h = self.features(x)
         if getattr(self, "mbstd", None) is not None:
             h = self.mbstd(h)
-        return self.head(h).squeeze(1)
+        out = self.head(h).squeeze(1)
+        if getattr(self, "embed", None) is not None:
+            if y is None:
+                raise MedxganError("this discriminator is class-conditional (gan.d_conditional): give the labels")
+            out = out + (self.embed(y.long()) * h.mean(dim=(2, 3))).sum(1)
+        return out
 
 
 class MinibatchStd(nn.Module):

@@ -134,8 +134,12 @@ def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier
         real_in = aug(real)
         if cfg.r1_gamma > 0:
             real_in = real_in.detach().requires_grad_(True)
+        y_real = None
+        if cfg.d_conditional:  # the class of a real image is what the frozen classifier decides
+            with torch.no_grad(), amp:
+                y_real = (classifier.positive_logit(real) > 0).long()
         with amp:
-            d_real, d_fake = D_run(real_in), D_run(aug(fake.detach()))
+            d_real, d_fake = D_run(real_in, y_real), D_run(aug(fake.detach()), y if cfg.d_conditional else None)
         d_real, d_fake = d_real.float(), d_fake.float()
         loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
         r1 = torch.zeros((), device=device)
@@ -153,7 +157,7 @@ def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier
     D.requires_grad_(False)
     try:
         with amp, record_function("gan/G_adversarial_forward"):
-            d_gen = D(aug(fake))
+            d_gen = D(aug(fake), y if cfg.d_conditional else None)
         loss_adv = F.softplus(-d_gen.float()).mean()
     finally:
         D.requires_grad_(True)
