@@ -89,6 +89,15 @@ def step_noise(G: Generator, cfg: GANConfig, step: int, ctx: dist_.Context = dis
     return y[sl], z1[sl], z2[sl]
 
 
+@torch.no_grad()
+def real_classes(classifier: BinaryClassifier, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The class a conditional D (``gan.d_conditional``) is told for real ``images``: the frozen
+    classifier's decision, P(positive) > 0.5, as [N] long on the images' device."""
+    device = next(classifier.parameters()).device
+    out = [(classifier.positive_logit(images[i:i + batch_size].to(device)) > 0).long() for i in range(0, len(images), batch_size)]
+    return torch.cat(out).to(images.device)
+
+
 def lambda_at(cfg: GANConfig, step: int) -> float:
     """Classifier-term weight: 0 for ``lam_start`` steps, then a linear ramp to ``lam``."""
     step = step - cfg.lam_start
@@ -100,9 +109,11 @@ def lambda_at(cfg: GANConfig, step: int) -> float:
 
 
 def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier, cfg: GANConfig,
-               ctx: dist_.Context = dist_.SINGLE, G_run=None, D_run=None) -> dict:
+               ctx: dist_.Context = dist_.SINGLE, G_run=None, D_run=None, real_y: torch.Tensor | None = None) -> dict:
     """One D step and one G step. ``real`` [b,C,H,W] in [-1,1] on the training device: this
-    rank's share of the global batch. ``G_run``/``D_run``: the DDP-wrapped modules when distributed."""
+    rank's share of the global batch. ``G_run``/``D_run``: the DDP-wrapped modules when distributed.
+    ``real_y``: with ``cfg.d_conditional``, the classes of ``real`` (:func:`real_classes`); computed
+    from the classifier when not given."""
     G, D = state.G, state.D
     G_run = G if G_run is None else G_run
     D_run = D if D_run is None else D_run
@@ -135,9 +146,8 @@ def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier
         if cfg.r1_gamma > 0:
             real_in = real_in.detach().requires_grad_(True)
         y_real = None
-        if cfg.d_conditional:  # the class of a real image is what the frozen classifier decides
-            with torch.no_grad(), amp:
-                y_real = (classifier.positive_logit(real) > 0).long()
+        if cfg.d_conditional:
+            y_real = real_y.to(device) if real_y is not None else real_classes(classifier, real)
         with amp:
             d_real, d_fake = D_run(real_in, y_real), D_run(aug(fake.detach()), y if cfg.d_conditional else None)
         d_real, d_fake = d_real.float(), d_fake.float()
@@ -253,6 +263,8 @@ def train_gan(cfg: GANConfig, images: torch.Tensor, classifier: BinaryClassifier
                            "lower gan.batch_size")
     classifier = place(classifier, device).frozen()  # channels-last, see init_state
     state = init_state(cfg, size, channels, device)
+    # The classifier is frozen, so a conditional D's labels for the real images are fixed: once.
+    classes = real_classes(classifier, images) if cfg.d_conditional else None
     out = Path(out_dir) if out_dir is not None else None
     main = ctx.is_main
     stats: list[dict] = []
@@ -298,7 +310,8 @@ def train_gan(cfg: GANConfig, images: torch.Tensor, classifier: BinaryClassifier
             if epoch != shard_epoch:
                 shard_epoch, shard = epoch, torch.tensor(dist_.epoch_shard(len(images), epoch, cfg.seed, ctx))
             idx = shard[k * b:(k + 1) * b]
-            losses = train_step(state, images[idx].to(device), classifier, cfg, ctx, G_run, D_run)
+            losses = train_step(state, images[idx].to(device), classifier, cfg, ctx, G_run, D_run,
+                                real_y=classes[idx] if classes is not None else None)
             if not all(torch.isfinite(torch.tensor(v)) for v in losses.values()):
                 raise MedxganError(f"GAN training diverged at step {state.step} (NaN loss); lower gan.lr_g/lr_d or gan.lam")
             bar.update(1)
