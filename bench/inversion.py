@@ -15,7 +15,9 @@ image, read off an SSIM-versus-time trajectory (each image's best latents so far
 ``--trace-every`` steps; the time spent measuring the trajectory is subtracted). The speed-up is
 the paper's wall time over the method's time to reach the paper's SSIM ("not reached" when it
 never does). Images are inverted one at a time by default, as the paper does; ``--batch-size``
-inverts several together (per-image time = batch time / batch size) for every method alike.
+inverts several together (per-image time = batch time / batch size), for every method alike unless
+``--ours-batch-size`` gives our methods their own batch (``medxgan explain`` inverts a whole batch of
+images at once; the paper's scripts invert one image at a time).
 """
 
 from __future__ import annotations
@@ -67,7 +69,11 @@ def main():
     ap.add_argument("--model", required=True, help="medXGAN run directory")
     ap.add_argument("--data", required=True, help="the data the run was trained on (its saved test split is used)")
     ap.add_argument("--n", type=int, default=10, help="test positives to invert")
-    ap.add_argument("--batch-size", type=int, default=1, help="images inverted together (every method alike)")
+    ap.add_argument("--batch-size", type=int, default=1, help="images inverted together by the paper protocol (and by ours, "
+                    "unless --ours-batch-size); 1 = one at a time, as the paper does")
+    ap.add_argument("--ours-batch-size", type=int, default=None,
+                    help="images inverted together by our methods (default: --batch-size); `medxgan explain` inverts "
+                         "its --batch-size images (default 16) together")
     ap.add_argument("--paper-steps", type=int, default=10_000, help="paper protocol steps (10,000; lower only for a quick check)")
     ap.add_argument("--random-steps", type=int, default=600)
     ap.add_argument("--random-restarts", type=int, default=4)
@@ -106,10 +112,12 @@ def main():
     methods = {m: methods[m] for m in ("paper", "random", "hybrid") if m in wanted and m in methods}
 
     per_image = {m: [] for m in methods}  # method -> list of per-image dicts
-    for start in range(0, len(images), args.batch_size):
-        batch = images[start:start + args.batch_size]
-        b = len(batch)
-        for method, (cfg, enc, every) in methods.items():
+    ours_batch = args.ours_batch_size or args.batch_size
+    for method, (cfg, enc, every) in methods.items():
+        bs = args.batch_size if method == "paper" else ours_batch
+        for start in range(0, len(images), bs):
+            batch = images[start:start + bs]
+            b = len(batch)
             runs = [run_method(G, C, batch, cfg, enc, start, device, every) for _ in range(max(1, args.repeats))]
             result, _, trajectory = runs[0]  # results are deterministic: the first run's numbers
             seconds = B.median([r[1] for r in runs]) / b
@@ -120,8 +128,8 @@ def main():
                     "steps_run": int(result.steps_run[j]),
                     "trajectory": [(t / b, k, float(s[j])) for t, k, s in trajectory],
                 })
-        print(f"[{start + b}/{len(images)}] " + ", ".join(f"{m} {per_image[m][-1]['seconds']:.1f}s SSIM {per_image[m][-1]['ssim']:.3f}"
-                                                          for m in methods), file=sys.stderr)
+            print(f"{method} [{start + b}/{len(images)}] {seconds:.2f}s / image, SSIM "
+                  f"{sum(r['ssim'] for r in per_image[method][-b:]) / b:.3f}", file=sys.stderr)
 
     # time to reach the paper's final SSIM, image by image
     for i, p in enumerate(per_image.get("paper", [])):
@@ -158,7 +166,7 @@ def main():
                       "s to paper SSIM", "speed-up to paper SSIM"], rows))
     info = B.machine(device)
     print(f"\n{len(images)} test positives of {args.model} ({gmeta['channels']}x{gmeta['size']}x{gmeta['size']}), "
-          f"batch {args.batch_size}, medians over images; {args.repeats} repeat(s); "
+          f"batch {args.batch_size} (paper) / {args.ours_batch_size or args.batch_size} (ours), medians over images; {args.repeats} repeat(s); "
           f"{info['cores']} cores, {info['threads']} threads, torch {info['torch']}, {device}")
     B.write_json(args.json or "bench-inversion.json", {
         "benchmark": "inversion", "command": " ".join(sys.argv), "machine": info, "summary": summary,
