@@ -7,7 +7,8 @@ On the first ``--n`` held-out test positives of the run's split, each image is i
 * ``paper``: ``InversionConfig.paper()`` — N(0, I) start, Adam lr 0.01, betas (0.5, 0.999),
   10,000 steps (``--paper-steps`` shortens it for a quick check only);
 * ``random``: our default (``medxgan explain``): 4 random starts x 600 steps, cosine lr, early stop;
-* ``hybrid``: our encoder start + 200 steps (only when the run holds ``encoder.safetensors``).
+* ``hybrid``: our encoder start + 200 steps (only when the run holds ``encoder.safetensors``);
+  ``--hybrid-warmup-steps`` puts a pixels-only warm-up before them (``InversionConfig.warmup_steps``).
 
 Reported per method (medians over images; wall times medians over ``--repeats``): wall time per
 image, final SSIM / PSNR, |ΔP_C|, and the time to reach the paper protocol's final SSIM of the same
@@ -79,6 +80,10 @@ def main():
     ap.add_argument("--random-restarts", type=int, default=4)
     ap.add_argument("--hybrid-steps", type=int, default=200)
     ap.add_argument("--hybrid-lr", type=float, default=InversionConfig().lr, help="Adam lr of the refinement from the encoder start")
+    ap.add_argument("--hybrid-schedule", default=InversionConfig().schedule, choices=("cosine", "constant"))
+    ap.add_argument("--hybrid-warmup-steps", type=int, default=0,
+                    help="pixels-only warm-up steps before the hybrid's Eq. 5 steps (InversionConfig.warmup_steps)")
+    ap.add_argument("--hybrid-warmup-lr", type=float, default=InversionConfig().warmup_lr)
     ap.add_argument("--ours-neg-weight", type=float, default=InversionConfig().neg_weight,
                     help="negative-realization weight of our methods (default: explain's; 0 = Eq. 5 alone, the paper protocol's objective)")
     ap.add_argument("--methods", default="paper,random,hybrid",
@@ -107,7 +112,9 @@ def main():
                "random": (InversionConfig(steps=args.random_steps, restarts=args.random_restarts, neg_weight=args.ours_neg_weight),
                           None, args.ours_trace_every)}
     if E is not None:
-        methods["hybrid"] = (InversionConfig(steps=args.hybrid_steps, restarts=1, lr=args.hybrid_lr, neg_weight=args.ours_neg_weight),
+        methods["hybrid"] = (InversionConfig(steps=args.hybrid_steps, restarts=1, lr=args.hybrid_lr, neg_weight=args.ours_neg_weight,
+                                             schedule=args.hybrid_schedule, warmup_steps=args.hybrid_warmup_steps,
+                                             warmup_lr=args.hybrid_warmup_lr),
                              E, args.ours_trace_every)
     methods = {m: methods[m] for m in ("paper", "random", "hybrid") if m in wanted and m in methods}
 
@@ -157,7 +164,9 @@ def main():
     objective = "" if args.ours_neg_weight == InversionConfig().neg_weight else f", neg weight {args.ours_neg_weight:g}"
     labels = {"paper": f"paper protocol ({paper.steps} steps, 1 random start)",
               "random": f"ours: {args.random_restarts} random starts x {args.random_steps} steps{objective}",
-              "hybrid": f"ours: encoder start + {args.hybrid_steps} steps (lr {args.hybrid_lr:g}{objective})"}
+              "hybrid": (f"ours: encoder start + "
+                         + (f"{args.hybrid_warmup_steps} pixel steps (lr {args.hybrid_warmup_lr:g}) + " if args.hybrid_warmup_steps else "")
+                         + f"{args.hybrid_steps} steps (lr {args.hybrid_lr:g}{'' if args.hybrid_schedule == 'cosine' else ', constant'}{objective})")}
     rows = [[labels[m], B.fmt(s["seconds_per_image"], ".2f"), f"{B.fmt(s['ssim'])} / {B.fmt(s['ssim_mean'])}", B.fmt(s["psnr"], ".2f"),
              B.fmt(s["delta_prob"], ".4f"), s["reached_paper_ssim"], B.fmt(s["seconds_to_paper_ssim"], ".2f"),
              (B.fmt(s["speedup_vs_paper"], ".1f", "not reached") + ("×" if s["speedup_vs_paper"] else "")) if "paper" in summary else "—"]

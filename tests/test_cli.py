@@ -116,7 +116,12 @@ def test_user_errors_are_one_line(tmp_path, demo_run):
     assert_one_line_error(rc, err, "neg_weight")
     rc, _, err = run_cli("explain", "--model", out / "medxgan", "--out", tmp_path / "e6", "--anchor-weight", "-1", out / "phantoms")
     assert_one_line_error(rc, err, "anchor_weight")
-    assert not any((tmp_path / e).exists() for e in ("e4", "e5", "e6"))
+    rc, _, err = run_cli("explain", "--model", out / "medxgan", "--out", tmp_path / "e7", "--warmup-steps", "-1", out / "phantoms")
+    assert_one_line_error(rc, err, "warmup_steps")
+    rc, _, err = run_cli("explain", "--model", out / "medxgan", "--out", tmp_path / "e8", "--paper-inversion",
+                         "--warmup-steps", "10", out / "phantoms")
+    assert_one_line_error(rc, err, "--paper-inversion")
+    assert not any((tmp_path / e).exists() for e in ("e4", "e5", "e6", "e7", "e8"))
 
 
 def test_cache_dir_decodes_a_folder_once(tmp_path, monkeypatch):
@@ -283,6 +288,15 @@ def test_train_encoder_and_explain_with_it(tmp_path, demo_run):
     assert rc == 0, err
     info = json.loads((tmp_path / "e1" / "summary.json").read_text())["model_info"]
     assert info["inversion"].startswith("encoder start")
+    # a pixel warm-up before the Eq. 5 steps: both phases run (no early stop within 30 steps) and
+    # the report says so
+    rc, so, err = run_cli("explain", "--model", model, "--data", out / "phantoms", "--n", "2", "--out", tmp_path / "e2", "--encoder",
+                          "--steps", "10", "--warmup-steps", "20", "--lig-steps", "4", "--methods", "difference", "--no-progress")
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "e2" / "summary.json").read_text())
+    assert summary["model_info"]["inversion"] == "encoder start + 20 pixel warm-up steps + 10 steps x 1 start(s)"
+    per_image = [json.loads((tmp_path / "e2" / r["json"]).read_text()) for r in summary["images"]]
+    assert [r["quality"]["steps_run"] for r in per_image] == [30, 30]
     # evaluate --encoder: the model's inversions start from E(x); convergence perturbs that start.
     rc, so, err = run_cli("evaluate", "--model", model, "--data", out / "phantoms", "--out", tmp_path / "v1", "--encoder",
                           "--quick", "--n-images", "2", "--repeats", "2", "--experiments", "convergence,counterfactual",

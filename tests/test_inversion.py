@@ -39,7 +39,8 @@ def test_paper_config():
 
 
 @pytest.mark.parametrize("bad", [{"schedule": "step"}, {"init": "encoder"}, {"steps": 0}, {"restarts": 0},
-                                 {"lr": 0.0}, {"betas": (0.9, 1.0)}, {"patience": -1}])
+                                 {"lr": 0.0}, {"betas": (0.9, 1.0)}, {"patience": -1}, {"warmup_steps": -1},
+                                 {"warmup_lr": 0.0}, {"warmup_lr": float("nan")}])
 def test_config_validation(bad):
     with pytest.raises(MedxganError):
         InversionConfig(**bad)
@@ -283,3 +284,54 @@ def test_anchor_term():
         invert(G, C, x, cfg, init=(z1, z2), anchor=(z1[:1], z2[:1]))
     with pytest.raises(MedxganError, match="anchor_weight"):
         InversionConfig(anchor_weight=-1.0)
+
+
+class CountingClassifier(nn.Module):
+    """Wraps a classifier and counts the images it is asked about."""
+
+    def __init__(self, C):
+        super().__init__()
+        self.C, self.images = C, 0
+
+    def positive_logit(self, x):
+        self.images += x.shape[0]
+        return self.C.positive_logit(x)
+
+    def positive_prob(self, x):
+        return torch.sigmoid(self.positive_logit(x))
+
+
+def test_pixel_warmup_runs_no_classifier_and_hands_on_the_best_restart():
+    G, C = tiny_models()
+    _, _, x = generated_images(G)
+    counted = CountingClassifier(C)
+    traced = []
+    cfg = InversionConfig(steps=1, lr=1e-9, restarts=3, patience=0, warmup_steps=40, warmup_lr=0.1, neg_weight=0.0)
+    res = invert(G, counted, x, cfg, trace=lambda k, z1, z2: traced.append(k), trace_every=10)
+    # the classifier saw the 3 images for P_C(x), in the single main step, in the final loss and
+    # for P_C(reconstruction) — nothing of the 40 steps x 3 restarts x 3 images of the warm-up
+    assert counted.images == 3 * 4
+    assert res.steps_run.tolist() == [41, 41, 41] and res.loss_curve.shape == (41, 3)
+    assert res.restart_loss.shape == (3, 3) and traced == [10, 20, 30, 40]
+    # warm-up losses are pixel MSEs; a main phase that barely moves keeps the best restart's fit
+    assert torch.allclose(res.mse, res.restart_loss.min(1).values, rtol=1e-3, atol=1e-6)
+    # ... and the pixel warm-up did the fitting: 40 steps at lr 0.1 from random starts
+    cold = invert(G, C, x, InversionConfig(steps=41, lr=1e-9, restarts=3, patience=0, neg_weight=0.0))
+    assert (res.mse < 0.5 * cold.mse).all()
+
+
+def test_warmup_zero_changes_nothing_and_anchor_reference_survives_the_warmup():
+    G, C = tiny_models()
+    z1, z2, x = generated_images(G)
+    base = InversionConfig(steps=30, restarts=2, patience=0, neg_weight=0.0)
+    a = invert(G, C, x, base)
+    b = invert(G, C, x, InversionConfig(**{**base.__dict__, "warmup_steps": 0, "warmup_lr": 0.5}))
+    assert torch.equal(a.z1, b.z1) and torch.equal(a.z2, b.z2)
+    # the main phase's anchor reference is the given anchor, not the warm-up's end point: a
+    # warm-up that does not move (lr 1e-9) hands over the random start, and a strong anchor then
+    # pulls the latents from there to the anchor
+    anchored = invert(G, C, x, InversionConfig(steps=400, restarts=1, patience=0, neg_weight=0.0, warmup_steps=5,
+                                               warmup_lr=1e-9, anchor_weight=100.0), anchor=(z1, z2))
+    start = invert(G, C, x, InversionConfig(steps=1, lr=1e-9, restarts=1, patience=0, neg_weight=0.0))
+    assert (start.z1 - z1).abs().max() > 0.5
+    assert torch.allclose(anchored.z1, z1, atol=0.05) and torch.allclose(anchored.z2, z2, atol=0.05)

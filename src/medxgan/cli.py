@@ -405,8 +405,11 @@ def _explain_settings(args, dcfg, inversion, methods, use_encoder: bool) -> dict
 
     model = Path(args.model)
     weights = [GENERATOR_FILE, CLASSIFIER_FILE] + ([ENCODER_FILE] if use_encoder else [])
+    inv = dc.asdict(inversion)
+    if not inversion.warmup_steps:  # runs made before the warm-up existed keep their fingerprint
+        inv.pop("warmup_steps"), inv.pop("warmup_lr")
     return {"weights": {w: file_digest(model / w) for w in weights if (model / w).is_file()},
-            "methods": methods, "target": args.target, "inversion": dc.asdict(inversion), "encoder": use_encoder,
+            "methods": methods, "target": args.target, "inversion": inv, "encoder": use_encoder,
             "frames": args.frames, "lig_steps": args.lig_steps, "data": dc.asdict(dcfg), "report_details": args.report_details,
             "source": {"data": bool(args.data), "split": args.split, "all_classes": args.all_classes,
                        "with_mask": args.with_mask}}
@@ -460,8 +463,9 @@ def cmd_explain(args) -> int:
     # With an encoder the inversion starts near the answer (hybrid): fewer steps and one start suffice.
     steps = args.steps if args.steps is not None else (200 if E is not None else 600)
     restarts = args.restarts if args.restarts is not None else (1 if E is not None else 4)
-    if args.paper_inversion and any(getattr(args, k) is not None for k in ("neg_weight", "change_weight", "anchor_weight")):
-        raise MedxganError("--neg-weight / --change-weight / --anchor-weight and --paper-inversion exclude each other "
+    if args.paper_inversion and any(getattr(args, k) is not None for k in ("neg_weight", "change_weight", "anchor_weight",
+                                                                            "warmup_steps", "warmup_lr")):
+        raise MedxganError("--neg-weight / --change-weight / --anchor-weight / --warmup-* and --paper-inversion exclude each other "
                            "(the paper inverts with Eq. 5 alone)")
     inversion = (InversionConfig.paper() if args.paper_inversion
                  else InversionConfig(steps=steps, restarts=restarts, seed=args.seed, **_inversion_terms(args)))
@@ -524,7 +528,9 @@ def cmd_explain(args) -> int:
     info = {"model": str(args.model), "classifier": gmeta.get("classifier_arch", "see classifier.safetensors"),
             "gan code": gmeta["gan"]["code"], "image size": f"{gmeta['channels']}x{gmeta['size']}x{gmeta['size']}",
             "inversion": "paper protocol (Adam, 10,000 steps)" if args.paper_inversion else
-            f"{'encoder start + ' if E is not None else ''}{inversion.steps} steps x {inversion.restarts} start(s)",
+            f"{'encoder start + ' if E is not None else ''}"
+            + (f"{inversion.warmup_steps} pixel warm-up steps + " if inversion.warmup_steps else "")
+            + f"{inversion.steps} steps x {inversion.restarts} start(s)",
             "target": args.target}
     # detailed panels were written for the images at job positions < --report-details: a prefix of the rows
     first_names = set(names[:args.report_details])
@@ -723,10 +729,17 @@ ANCHOR_WEIGHT_HELP = ("inversion: weight of a pull of the latents toward a refer
                       "so that nearby starts agree (default 0 = off; README, 'Inversion')")
 
 
+WARMUP_STEPS_HELP = ("inversion: pixels-only warm-up steps (MSE alone: G without the classifier, about half the cost "
+                     "of an Eq. 5 step) before the Eq. 5 steps; every start warms up and the best of each image goes "
+                     "on alone (default 0 = none; README, 'Inversion')")
+WARMUP_LR_HELP = "inversion: Adam learning rate of the warm-up (cosine decay; default 0.1)"
+
+
 def _inversion_terms(args) -> dict:
-    """``--neg-weight`` / ``--change-weight`` / ``--anchor-weight`` as InversionConfig keywords
-    (absent: the config's defaults)."""
-    given = {"neg_weight": args.neg_weight, "change_weight": args.change_weight, "anchor_weight": args.anchor_weight}
+    """``--neg-weight`` / ``--change-weight`` / ``--anchor-weight`` / ``--warmup-steps`` /
+    ``--warmup-lr`` as InversionConfig keywords (absent: the config's defaults)."""
+    given = {"neg_weight": args.neg_weight, "change_weight": args.change_weight, "anchor_weight": args.anchor_weight,
+             "warmup_steps": args.warmup_steps, "warmup_lr": args.warmup_lr}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -880,6 +893,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--neg-weight", type=float, metavar="W", help=NEG_WEIGHT_HELP)
     p.add_argument("--change-weight", type=float, metavar="W", help=CHANGE_WEIGHT_HELP)
     p.add_argument("--anchor-weight", type=float, metavar="W", help=ANCHOR_WEIGHT_HELP)
+    p.add_argument("--warmup-steps", type=int, metavar="N", help=WARMUP_STEPS_HELP)
+    p.add_argument("--warmup-lr", type=float, metavar="LR", help=WARMUP_LR_HELP)
     p.add_argument("--frames", type=int, default=11, help="frames of the latent interpolation")
     p.add_argument("--lig-steps", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=16, help="images loaded and explained at once (bounds memory)")
@@ -933,6 +948,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--neg-weight", type=float, metavar="W", help=NEG_WEIGHT_HELP)
     p.add_argument("--change-weight", type=float, metavar="W", help=CHANGE_WEIGHT_HELP)
     p.add_argument("--anchor-weight", type=float, metavar="W", help=ANCHOR_WEIGHT_HELP)
+    p.add_argument("--warmup-steps", type=int, metavar="N", help=WARMUP_STEPS_HELP)
+    p.add_argument("--warmup-lr", type=float, metavar="LR", help=WARMUP_LR_HELP)
     p.add_argument("--gan-steps", type=int, help="steps of experiments that train fresh generators (default: the run's gan.steps, at most 800)")
     p.add_argument("--seed", type=int, default=0, help="every random draw of the evaluation derives from it")
     p.add_argument("--quick", action="store_true", help="tiny budgets for smoke tests (about 2 minutes)")

@@ -19,6 +19,7 @@ and the best restart of each image (lowest loss) is returned.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,14 +62,25 @@ class InversionConfig:
     # it, so that starts near the guess end at the same latent (hybrid convergence, docs/RESULTS.md).
     # 0 (default for random starts) = off.
     anchor_weight: float = 0.0
+    # Optional pixels-only warm-up before the objective above: ``warmup_steps`` Adam steps on the
+    # MSE alone (plus the anchor term, if any) at ``warmup_lr`` (cosine), every restart; then the
+    # lowest-MSE restart of each image continues alone with the full objective for ``steps``
+    # steps. A warm-up step runs G only (no classifier pass: about half the cost of an Eq. 5 step),
+    # and the pixel fit is where the time goes; the Eq. 5 phase then matches the classifier's
+    # output (on Br35H from the encoder's start: the paper protocol's mean SSIM in a sixth of its
+    # steps, docs/BENCHMARKS.md). 0 (default) = no warm-up.
+    warmup_steps: int = 0
+    warmup_lr: float = 0.1
     init: str = "random"  # random: z ~ N(0, I) | zeros: restart 0 starts at the prior mean
     seed: int = 0
 
     def __post_init__(self):
         if self.steps < 1 or self.restarts < 1:
             raise MedxganError("inversion.steps and inversion.restarts must be positive")
-        if not self.lr > 0:
-            raise MedxganError(f"inversion.lr must be positive, got {self.lr}")
+        if not self.lr > 0 or not self.warmup_lr > 0:
+            raise MedxganError(f"inversion.lr and inversion.warmup_lr must be positive, got {self.lr} and {self.warmup_lr}")
+        if self.warmup_steps < 0:
+            raise MedxganError(f"inversion.warmup_steps must be non-negative, got {self.warmup_steps}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise MedxganError(f"inversion.betas must be two numbers in [0, 1), got {self.betas}")
         if self.schedule not in ("cosine", "constant"):
@@ -231,24 +243,84 @@ def image_quality(reconstruction: torch.Tensor, image: torch.Tensor) -> tuple[to
     return mse, psnr, torch.tensor(ssim, dtype=torch.float32, device=image.device)
 
 
-def _anchor_rows(G, n_images: int, R: int, init, anchor, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(reference [B*R, z1+code], coordinate mask [z1+code]) of the anchor term: ``anchor`` if
+def _anchor_refs(G, n_images: int, init, anchor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reference [B, z1+code], coordinate mask [z1+code]) of the anchor term: ``anchor`` if
     given, else ``init``, else the prior mean (0; a discrete code's coordinates are left free)."""
     ref = anchor if anchor is not None else init
     mask = torch.ones(G.z1_dim + G.code_dim, device=device)
     if ref is None:
         if getattr(G, "code", "continuous") == "discrete":
             mask[G.z1_dim:] = 0
-        return torch.zeros(n_images * R, G.z1_dim + G.code_dim, device=device), mask
+        return torch.zeros(n_images, G.z1_dim + G.code_dim, device=device), mask
     z1_ref, z2_ref = (t.detach().to(device, torch.float32) for t in ref)
     if z1_ref.shape != (n_images, G.z1_dim) or z2_ref.shape != (n_images, G.code_dim):
         raise MedxganError(f"inversion anchor must be z1 [{n_images},{G.z1_dim}] and z2 [{n_images},{G.code_dim}], "
                            f"got {tuple(z1_ref.shape)} and {tuple(z2_ref.shape)}")
-    return torch.cat([z1_ref, z2_ref], dim=1).repeat_interleave(R, 0), mask
+    return torch.cat([z1_ref, z2_ref], dim=1), mask
 
 
 def _anchor_term(z: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((z - ref).pow(2) * mask).sum(1) / mask.sum()
+
+
+def _objective(G, C, z, d1, x, prob_target, cfg: InversionConfig, ref, mask):
+    """(loss [N], mse [N], reconstruction) of the rows ``z`` [N, z1+code] under ``cfg``."""
+    loss, mse, recon = inversion_loss(G, C, z[:, :d1], z[:, d1:], x, prob_target, cfg.cls_weight, cfg.neg_weight,
+                                      cfg.change_weight)
+    if cfg.anchor_weight > 0:
+        loss = loss + cfg.anchor_weight * _anchor_term(z, ref, mask)
+    return loss, mse, recon
+
+
+def _optimise(G, C, z, x_rows, t_rows, ref_rows, mask, cfg: InversionConfig, n_images: int, R: int, progress: bool,
+              trace, trace_every: int, step_offset: int):
+    """Adam on the rows ``z`` [B*R, z1+code] (image-major) for ``cfg.steps`` steps with ``cfg``'s
+    objective, schedule and early stopping. Returns (best_z, best_loss [B*R], steps run per row,
+    loss curve [T, B*R])."""
+    device, rows, d1 = z.device, z.shape[0], G.z1_dim
+    m, v = torch.zeros_like(z), torch.zeros_like(z)
+    t = torch.zeros(rows, dtype=torch.long, device=device)  # Adam steps per row
+    best_loss = torch.full((rows,), math.inf, device=device)
+    best_z = z.clone()
+    last_loss = torch.full((rows,), math.nan, device=device)
+    stale = torch.zeros(rows, dtype=torch.long, device=device)
+    active = torch.ones(rows, dtype=torch.bool, device=device)
+    curve = []
+    steps = range(cfg.steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="invert", leave=False)
+    for step in steps:
+        idx = active.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            break
+        lr = cfg.lr if cfg.schedule == "constant" else cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        za = z[idx].requires_grad_(True)
+        with torch.enable_grad():
+            loss, _, _ = _objective(G, C, za, d1, x_rows[idx], t_rows[idx], cfg, ref_rows[idx], mask)
+            (grad,) = torch.autograd.grad(loss.sum(), za)
+        with torch.no_grad():
+            loss = loss.detach()
+            last_loss[idx] = loss
+            # snapshot the iterate that produced the best loss (Adam with a constant lr wanders)
+            better = loss < best_loss[idx]
+            best_z[idx[better]] = za.detach()[better]
+            improved = loss < best_loss[idx] * (1 - cfg.min_delta)
+            best_loss[idx] = torch.minimum(best_loss[idx], loss)
+            stale[idx] = torch.where(improved, torch.zeros_like(stale[idx]), stale[idx] + 1)
+            t[idx] += 1
+            zi, mi, vi = z[idx], m[idx], v[idx]
+            _adam_rows(zi, grad, mi, vi, t[idx], lr, cfg.betas)
+            z[idx], m[idx], v[idx] = zi, mi, vi
+            if cfg.patience:
+                active[idx[stale[idx] >= cfg.patience]] = False
+            curve.append(last_loss.clone())
+            if trace is not None and (step + 1) % trace_every == 0:
+                keep = best_loss.view(n_images, R).argmin(1) + torch.arange(n_images, device=device) * R
+                trace(step_offset + step + 1, best_z[keep, :d1].clone(), best_z[keep, d1:].clone())
+    curve = torch.stack(curve) if curve else torch.zeros(0, rows, device=device)
+    return best_z, best_loss, t, curve
 
 
 def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init=None,
@@ -271,13 +343,18 @@ def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init
             ``trace_every`` steps with each image's best latents so far (lowest loss over its
             restarts), e.g. to record an SSIM-versus-time trajectory (``bench/inversion.py``). It
             runs inside the optimisation loop (its time counts in a wall-clock measurement unless
-            the caller subtracts it) and is not called after every row has stopped early.
+            the caller subtracts it) and is not called after every row has stopped early. With a
+            warm-up, ``steps_done`` counts the warm-up's steps too, and during the warm-up "best"
+            means lowest pixel loss.
         anchor: optional (z1 [B,z1_dim], z2 [B,code_dim]) reference of the ``cfg.anchor_weight``
             term; default ``init``, else 0. Give it separately when the start is a perturbed guess.
 
     Returns:
         :class:`InversionResult` of the lowest-loss restart of every image. G and C are used in
-        eval mode with frozen parameters and are left as they were found.
+        eval mode with frozen parameters and are left as they were found. With
+        ``cfg.warmup_steps``, ``restart_loss`` holds the warm-up's (pixel) losses, where the
+        restarts competed, ``loss_curve`` the warm-up's steps followed by the main phase's, and
+        ``steps_run`` the sum of both phases.
     """
     if x.ndim != 4:
         raise MedxganError(f"invert expects images [B,C,H,W], got shape {tuple(x.shape)}")
@@ -285,78 +362,47 @@ def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init
         raise MedxganError(f"trace_every must be positive, got {trace_every}")
     device = x.device
     n_images, R = x.shape[0], cfg.restarts
-    rows = n_images * R
+    d1 = G.z1_dim
     with frozen(G, C):
         x = x.detach().float()
         with torch.no_grad():
             prob_target = C.positive_prob(x)  # [B], the fixed target of the BCE term
-        x_rows = x.repeat_interleave(R, 0)
-        t_rows = prob_target.repeat_interleave(R)
         z = _initial_latents(G, n_images, cfg, init, device, first_index)  # [B*R, z1+code]
-        d1 = G.z1_dim
-        if cfg.anchor_weight > 0:
-            ref_rows, ref_mask = _anchor_rows(G, n_images, R, init, anchor, device)
-        m, v = torch.zeros_like(z), torch.zeros_like(z)
-        t = torch.zeros(rows, dtype=torch.long, device=device)  # Adam steps per row
-        best_loss = torch.full((rows,), math.inf, device=device)
-        best_z = z.clone()
-        last_loss = torch.full((rows,), math.nan, device=device)
-        stale = torch.zeros(rows, dtype=torch.long, device=device)
-        active = torch.ones(rows, dtype=torch.bool, device=device)
-        curve = []
-        steps = range(cfg.steps)
-        if progress:
-            from tqdm.auto import tqdm
-
-            steps = tqdm(steps, desc="invert", leave=False)
-        for step in steps:
-            idx = active.nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            lr = cfg.lr if cfg.schedule == "constant" else cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-            za = z[idx].requires_grad_(True)
-            with torch.enable_grad():
-                loss, _, _ = inversion_loss(G, C, za[:, :d1], za[:, d1:], x_rows[idx], t_rows[idx], cfg.cls_weight,
-                                            cfg.neg_weight, cfg.change_weight)
-                if cfg.anchor_weight > 0:
-                    loss = loss + cfg.anchor_weight * _anchor_term(za, ref_rows[idx], ref_mask)
-                (grad,) = torch.autograd.grad(loss.sum(), za)
-            with torch.no_grad():
-                loss = loss.detach()
-                last_loss[idx] = loss
-                # snapshot the iterate that produced the best loss (Adam with a constant lr wanders)
-                better = loss < best_loss[idx]
-                best_z[idx[better]] = za.detach()[better]
-                improved = loss < best_loss[idx] * (1 - cfg.min_delta)
-                best_loss[idx] = torch.minimum(best_loss[idx], loss)
-                stale[idx] = torch.where(improved, torch.zeros_like(stale[idx]), stale[idx] + 1)
-                t[idx] += 1
-                zi, mi, vi = z[idx], m[idx], v[idx]
-                _adam_rows(zi, grad, mi, vi, t[idx], lr, cfg.betas)
-                z[idx], m[idx], v[idx] = zi, mi, vi
-                if cfg.patience:
-                    active[idx[stale[idx] >= cfg.patience]] = False
-                curve.append(last_loss.clone())
-                if trace is not None and (step + 1) % trace_every == 0:
-                    keep = best_loss.view(n_images, R).argmin(1) + torch.arange(n_images, device=device) * R
-                    trace(step + 1, best_z[keep, :d1].clone(), best_z[keep, d1:].clone())
-
+        ref, mask = _anchor_refs(G, n_images, init, anchor, device)  # [B, z1+code]
+        image_rows = torch.arange(n_images, device=device)
+        warm_steps = torch.zeros(n_images, dtype=torch.long, device=device)
+        warm_curve = None
+        offset = 0
+        if cfg.warmup_steps > 0:  # pixels only, every restart; the best of each image goes on alone
+            warm = dataclasses.replace(cfg, steps=cfg.warmup_steps, lr=cfg.warmup_lr, schedule="cosine",
+                                       cls_weight=0.0, neg_weight=0.0, change_weight=0.0)
+            best_z, best_loss, t, curve = _optimise(G, C, z, x.repeat_interleave(R, 0), prob_target.repeat_interleave(R),
+                                                    ref.repeat_interleave(R, 0), mask, warm, n_images, R, progress,
+                                                    trace, trace_every, 0)
+            keep = best_loss.view(n_images, R).argmin(1) + image_rows * R
+            restart_loss = best_loss.view(n_images, R).clone()
+            z, warm_steps, warm_curve = best_z[keep].clone(), t[keep], curve[:, keep]
+            offset, R = cfg.warmup_steps, 1
+        best_z, best_loss, t, curve = _optimise(G, C, z, x.repeat_interleave(R, 0), prob_target.repeat_interleave(R),
+                                                ref.repeat_interleave(R, 0), mask, cfg, n_images, R, progress,
+                                                trace, trace_every, offset)
+        keep = best_loss.view(n_images, R).argmin(1) + image_rows * R
+        if warm_curve is None:
+            restart_loss = best_loss.view(n_images, R).clone()
         with torch.no_grad():
-            keep = best_loss.view(n_images, R).argmin(1) + torch.arange(n_images, device=device) * R
             z_best = best_z[keep]
             z1, z2 = z_best[:, :d1].contiguous(), z_best[:, d1:].contiguous()
-            loss, mse, recon = inversion_loss(G, C, z1, z2, x, prob_target, cfg.cls_weight, cfg.neg_weight,
-                                              cfg.change_weight)
-            if cfg.anchor_weight > 0:
-                loss = loss + cfg.anchor_weight * _anchor_term(z_best, ref_rows[keep], ref_mask)
+            loss, mse, recon = _objective(G, C, z_best, d1, x, prob_target, cfg, ref, mask)
             prob_recon = C.positive_prob(recon)
     _, psnr, ssim = image_quality(recon, x)
-    loss_curve = torch.stack(curve)[:, keep] if curve else torch.zeros(0, n_images, device=device)
+    loss_curve = curve[:, keep]
+    if warm_curve is not None:
+        loss_curve = torch.cat([warm_curve, loss_curve])
     return InversionResult(
         z1=z1, z2=z2, reconstruction=recon, loss=loss, mse=mse, psnr=psnr, ssim=ssim,
         prob_target=prob_target, prob_reconstruction=prob_recon,
-        delta_prob=(prob_recon - prob_target).abs(), steps_run=t[keep].clone(),
-        restart_loss=best_loss.view(n_images, R).clone(), loss_curve=loss_curve,
+        delta_prob=(prob_recon - prob_target).abs(), steps_run=warm_steps + t[keep],
+        restart_loss=restart_loss, loss_curve=loss_curve,
     )
 
 
