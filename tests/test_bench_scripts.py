@@ -56,4 +56,5 @@ def test_inversion_benchmark_batches_ours_apart_from_the_paper_protocol(demo_run
         assert p["seconds_to_paper_ssim"] is not None  # the protocol reaches its own final SSIM
         if r["seconds_to_paper_ssim"] is not None:
             assert abs(r["speedup_to_paper_ssim"] - p["seconds"] / r["seconds_to_paper_ssim"]) < 1e-9
+    assert got["summary"]["paper"]["final_at_paper_ssim"] == "3/3"
     assert "paper) / 3 (ours)" in proc.stdout
