@@ -67,8 +67,8 @@ class InversionConfig:
     # lowest-MSE restart of each image continues alone with the full objective for ``steps``
     # steps. A warm-up step runs G only (no classifier pass: about half the cost of an Eq. 5 step),
     # and the pixel fit is where the time goes; the Eq. 5 phase then matches the classifier's
-    # output (on Br35H from the encoder's start: the paper protocol's mean SSIM in a sixth of its
-    # steps, docs/BENCHMARKS.md). 0 (default) = no warm-up.
+    # output (on Br35H, from the encoder's start and batched: the paper protocol's mean SSIM in
+    # 15 % of its steps and 1/35 of its time, docs/BENCHMARKS.md). 0 (default) = no warm-up.
     warmup_steps: int = 0
     warmup_lr: float = 0.1
     init: str = "random"  # random: z ~ N(0, I) | zeros: restart 0 starts at the prior mean
