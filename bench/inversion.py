@@ -106,6 +106,8 @@ def main():
     paper = InversionConfig.paper()
     if args.paper_steps != paper.steps:
         paper = InversionConfig(**{**paper.__dict__, "steps": args.paper_steps})
+    if args.batch_size < 1 or (args.ours_batch_size is not None and args.ours_batch_size < 1):
+        raise SystemExit("--batch-size and --ours-batch-size must be positive")
     wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not wanted or set(wanted) - {"paper", "random", "hybrid"}:
         raise SystemExit(f"--methods: choose from paper, random, hybrid (got {args.methods!r})")
