@@ -373,19 +373,20 @@ def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init
         warm_steps = torch.zeros(n_images, dtype=torch.long, device=device)
         warm_curve = None
         offset = 0
+
+        def phase(phase_cfg, z, R, offset):  # one optimisation phase over R rows per image
+            return _optimise(G, C, z, x.repeat_interleave(R, 0), prob_target.repeat_interleave(R),
+                             ref.repeat_interleave(R, 0), mask, phase_cfg, n_images, R, progress, trace, trace_every, offset)
+
         if cfg.warmup_steps > 0:  # pixels only, every restart; the best of each image goes on alone
             warm = dataclasses.replace(cfg, steps=cfg.warmup_steps, lr=cfg.warmup_lr, schedule="cosine",
                                        cls_weight=0.0, neg_weight=0.0, change_weight=0.0)
-            best_z, best_loss, t, curve = _optimise(G, C, z, x.repeat_interleave(R, 0), prob_target.repeat_interleave(R),
-                                                    ref.repeat_interleave(R, 0), mask, warm, n_images, R, progress,
-                                                    trace, trace_every, 0)
+            best_z, best_loss, t, curve = phase(warm, z, R, 0)
             keep = best_loss.view(n_images, R).argmin(1) + image_rows * R
             restart_loss = best_loss.view(n_images, R).clone()
             z, warm_steps, warm_curve = best_z[keep].clone(), t[keep], curve[:, keep]
             offset, R = cfg.warmup_steps, 1
-        best_z, best_loss, t, curve = _optimise(G, C, z, x.repeat_interleave(R, 0), prob_target.repeat_interleave(R),
-                                                ref.repeat_interleave(R, 0), mask, cfg, n_images, R, progress,
-                                                trace, trace_every, offset)
+        best_z, best_loss, t, curve = phase(cfg, z, R, offset)
         keep = best_loss.view(n_images, R).argmin(1) + image_rows * R
         if warm_curve is None:
             restart_loss = best_loss.view(n_images, R).clone()
