@@ -372,3 +372,94 @@ def test_conditional_discriminator_adds_a_class_projection(tmp_path):
     train_gan(dataclasses.replace(cfg, steps=2), real, clf, out_dir=tmp_path / "b", progress=False)
     G_res, _ = train_gan(cfg, real, clf, out_dir=tmp_path / "b", resume=True, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(G_full.state_dict().values(), G_res.state_dict().values()))
+
+
+def test_overlay_generator_adds_the_pathology_code_to_a_z1_only_base(tmp_path):
+    """gan.pathology=overlay: G(z1, 0) is the z1-only trunk's image exactly (the change branch's
+    weights cannot touch it), G(z1, z2) = tanh(base + gated change), a zero change gives the
+    negative back, the model round-trips through its file, and it trains and resumes."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    cfg = GANConfig(z1_dim=8, z2_dim=4, ngf=4, ndf=4, pathology="overlay")
+    G = build_generator(cfg, 16, 1).eval()
+    z1, z2 = torch.randn(3, 8), torch.randn(3, 4)
+    with torch.no_grad():
+        neg = G(z1, torch.zeros_like(z2))
+        base, change = G.body.parts(z1, z2)
+        torch.testing.assert_close(G(z1, z2), torch.tanh(base + change))
+        torch.testing.assert_close(neg, torch.tanh(base))
+        assert change.abs().amax(dim=(1, 2, 3)).min() > 0
+        assert torch.equal(G.body.gate(torch.zeros(2, 4)), torch.zeros(2))
+        assert (G.body.gate(z2) > 0).all() and (G.body.gate(z2) < 1).all()
+        for p in [*G.body.branch.parameters(), *G.body.code_map.parameters(), *G.body.change.parameters()]:
+            p.add_(torch.randn_like(p))
+        assert torch.equal(G(z1, torch.zeros_like(z2)), neg)  # the branch never reaches the negative
+        # a branch whose change is zero gives the negative back
+        G.body.change.weight.zero_()
+        G.body.change.bias.zero_()
+        assert torch.equal(G(z1, z2), neg)
+    # the path G(z1, alpha z2) starts at the negative realization and ends at G(z1, z2)
+    assert torch.equal(G.path_code(z2, 0.0), torch.zeros_like(z2))
+    ckpt.save_generator(tmp_path / "g.safetensors", G, cfg, 16, 1)
+    G2, meta = ckpt.load_generator(tmp_path / "g.safetensors")
+    assert G2.pathology == "overlay" and torch.equal(G2(z1, z2), G(z1, z2))
+    with pytest.raises(MedxganError, match="overlay"):
+        GANConfig(pathology="overlay", arch="paper")
+    with pytest.raises(MedxganError, match="overlay"):
+        GANConfig(pathology="overlay", code="discrete")
+    with pytest.raises(MedxganError, match="pathology"):
+        GANConfig(pathology="local")
+    # a stored config from before the option rebuilds the joint generator
+    from medxgan.config import from_dict
+
+    stored = dataclasses.asdict(TINY_GAN)
+    del stored["pathology"]
+    assert from_dict(GANConfig, stored).pathology == "joint"
+
+    clf = build_classifier(ClassifierConfig(width=4, depth=2), 16, 1)
+    real = torch.rand(12, 1, 16, 16) * 2 - 1
+    tcfg = dataclasses.replace(cfg, batch_size=4, steps=4, checkpoint_every=2, sample_every=100, ema_start=1,
+                               lam_start=0, lam_warmup=0)
+    G_full, stats = train_gan(tcfg, real, clf, out_dir=tmp_path / "a", progress=False)
+    assert all(math.isfinite(v) for s in stats for v in s.values() if isinstance(v, float))
+    assert stats[-1]["change_l1"] > 0
+    train_gan(dataclasses.replace(tcfg, steps=2), real, clf, out_dir=tmp_path / "b", progress=False)
+    G_res, _ = train_gan(tcfg, real, clf, out_dir=tmp_path / "b", resume=True, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(G_full.state_dict().values(), G_res.state_dict().values()))
+
+
+def test_mode_seeking_and_change_diversity_terms_have_their_formulas():
+    """gan.mode_seeking reports 1 / (mean |neg_a - neg_b| / mean |z1a - z1b|) over neighbouring
+    pairs' negatives, gan.change_diversity the mean cosine similarity of neighbouring pairs'
+    |positive - negative| maps, both on the same G forward the step trains on; both need pairs."""
+    import dataclasses
+
+    from medxgan.training.gan import step_noise
+
+    cfg = GANConfig(z1_dim=8, z2_dim=4, ngf=4, ndf=4, batch_size=8, change_l1=1.0, lam_start=0, lam_warmup=0,
+                    mode_seeking=0.5, change_diversity=2.0, pathology="overlay")
+    clf = build_classifier(ClassifierConfig(width=4, depth=2), 16, 1).frozen()
+    state = init_state(cfg, 16, 1)
+    y, z1, z2 = step_noise(state.G, cfg, step=0)
+    with torch.no_grad():
+        fake = state.G.train()(z1, z2)  # batch statistics: what the step's forward computes
+    neg, pos = fake[0::2], fake[1::2]
+    zn = z1[0::2]
+    pairs = [(i, (i - 1) % 4) for i in range(4)]
+    image_gap = sum((neg[i] - neg[j]).abs().mean() for i, j in pairs) / 4
+    code_gap = sum((zn[i] - zn[j]).abs().mean() for i, j in pairs) / 4
+    maps = [(pos[i] - neg[i]).abs().flatten() for i in range(4)]
+    overlap = sum(torch.dot(maps[i], maps[j]) / (maps[i].norm() * maps[j].norm()) for i, j in pairs) / 4
+    record = train_step(state, torch.rand(8, 1, 16, 16) * 2 - 1, clf, cfg)
+    assert record["mode_seeking"] == pytest.approx(float(1 / (image_gap / code_gap + 1e-5)), rel=1e-4)
+    assert record["change_overlap"] == pytest.approx(float(overlap), rel=1e-4)
+    assert 0 < record["change_overlap"] <= 1
+    off = dataclasses.replace(cfg, mode_seeking=0.0, change_diversity=0.0)
+    record = train_step(init_state(off, 16, 1), torch.rand(8, 1, 16, 16) * 2 - 1, clf, off)
+    assert record["mode_seeking"] == 0 and record["change_overlap"] == 0
+    for key in ("mode_seeking", "change_diversity"):
+        with pytest.raises(MedxganError, match="change_l1"):
+            GANConfig(**{key: 1.0}, change_l1=0.0)
+        with pytest.raises(MedxganError, match=">= 0"):
+            GANConfig(**{key: -1.0})

@@ -87,10 +87,16 @@ class GANConfig:
     # resumes an older run) exactly as it was trained; :func:`from_dict` fills them in when a
     # stored config lacks them. Configs assembled from the defaults never go through this.
     LEGACY_DEFAULTS: typing.ClassVar[dict] = {"d_mbstd_group": 1, "cls_augment": False, "cls_margin": 0.0,
-                                               "change_l1": 0.0, "instance_noise": 0.0}
+                                               "change_l1": 0.0, "instance_noise": 0.0,
+                                               "pathology": "joint", "mode_seeking": 0.0,
+                                               "change_diversity": 0.0}
 
     arch: str = "medxgan"  # medxgan (ours: upsample+conv G, spectral-norm D) | paper (official DCGAN layout)
     code: str = "continuous"  # continuous (medXGAN: z2 = 0 / N(0,I)) | discrete (one-hot class code)
+    # How G reads the pathology code: joint (the paper: G(cat(z1, z2)) through one network) |
+    # overlay (z1 alone draws the anatomy, z2 adds a change to it that vanishes at z2 = 0; medxgan arch,
+    # continuous code; models/gan.py OverlayGeneratorBody)
+    pathology: str = "joint"
     z1_dim: int = 128  # anatomy code
     z2_dim: int = 16  # pathology code (continuous code only)
     ngf: int = 16
@@ -110,6 +116,14 @@ class GANConfig:
     cls_augment: bool = True  # the classifier term sees G's images flipped/shifted/jittered as in C's training (no pixel-aligned tricks)
     cls_margin: float = 3.0  # > 0: the classifier term stops pushing an image once its class log-odds pass this margin; 0 = Eq. 4's plain -log p
     change_l1: float = 2.0  # weight of mean |G(z1, z2) - G(z1, neg)| (G's batch becomes negative/positive pairs); 0 = Eq. 4 as published
+    # Against mode collapse, both on G's (negative, positive) pairs (need change_l1 > 0):
+    # mode_seeking: weight of 1 / (mean |G(z1a, 0) - G(z1b, 0)| / mean |z1a - z1b|) over neighbouring
+    # pairs (Mao et al. 2019), so different anatomy codes draw different anatomy; 0 = off.
+    # change_diversity: weight of the mean cosine similarity between neighbouring pairs' change maps
+    # |G(z1, z2) - G(z1, 0)|, so different pathology codes put the change at different places (it is
+    # scale-free: it does not ask for larger changes); 0 = off.
+    mode_seeking: float = 0.0
+    change_diversity: float = 0.0
     instance_noise: float = 0.0  # std of Gaussian noise added to D's real and fake inputs (in [-1,1] units); 0 = off
     diff_augment: bool = True  # random translation of real and fake before D (small data)
     d_norm: str = "batch"  # normalisation in D: batch (DCGAN; fastest to anatomy here) | spectral | none
@@ -136,6 +150,10 @@ class GANConfig:
             raise MedxganError(f"gan.d_norm must be spectral, batch or none, got {self.d_norm!r}")
         if self.code not in ("continuous", "discrete"):
             raise MedxganError(f"gan.code must be continuous or discrete, got {self.code!r}")
+        if self.pathology not in ("joint", "overlay"):
+            raise MedxganError(f"gan.pathology must be joint or overlay, got {self.pathology!r}")
+        if self.pathology == "overlay" and (self.arch != "medxgan" or self.code != "continuous"):
+            raise MedxganError("gan.pathology=overlay needs gan.arch=medxgan and gan.code=continuous")
         if min(self.z1_dim, self.z2_dim, self.ngf, self.ndf, self.steps, self.batch_size) < 1:
             raise MedxganError("gan dims, widths, steps and batch_size must be positive")
         if self.instance_noise < 0:
@@ -144,6 +162,11 @@ class GANConfig:
             raise MedxganError(f"gan.cls_margin must be >= 0 (0 = off), got {self.cls_margin}")
         if self.change_l1 < 0:
             raise MedxganError(f"gan.change_l1 must be >= 0, got {self.change_l1}")
+        if self.mode_seeking < 0 or self.change_diversity < 0:
+            raise MedxganError("gan.mode_seeking and gan.change_diversity must be >= 0")
+        if (self.mode_seeking > 0 or self.change_diversity > 0) and self.change_l1 <= 0:
+            raise MedxganError("gan.mode_seeking and gan.change_diversity compare G's (negative, positive) pairs: "
+                               "they need gan.change_l1 > 0")
         if self.change_l1 > 0 and self.batch_size % 2:
             raise MedxganError(f"gan.change_l1 pairs images: gan.batch_size must be even, got {self.batch_size}")
         if self.d_conditional and self.arch == "paper":

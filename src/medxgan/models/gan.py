@@ -41,10 +41,17 @@ class Generator(nn.Module):
         self.code_dim = cfg.code_dim
         self.size = size
         self.channels = channels
-        self.body = _build_generator_body(cfg, size, channels, cfg.z1_dim + cfg.code_dim)
+        self.pathology = cfg.pathology
+        if cfg.pathology == "overlay":
+            self.body = OverlayGeneratorBody(cfg.z1_dim, cfg.code_dim, channels, size, cfg.ngf,
+                                             norm=cfg.g_norm, upsample=cfg.g_upsample)
+        else:
+            self.body = _build_generator_body(cfg, size, channels, cfg.z1_dim + cfg.code_dim)
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         """[B,z1_dim], [B,code_dim] -> [B,C,H,W] in [-1,1]."""
+        if self.pathology == "overlay":
+            return self.body(z1, z2)
         return self.body(torch.cat([z1, z2], dim=1))
 
     # --- the latent sampling scheme -------------------------------------------------------
@@ -113,6 +120,63 @@ class UpsampleGeneratorBody(nn.Module):
         h = self.fc(z).view(z.shape[0], self.c0, self.start, self.start)
         h = F.relu(self.bn0(h))
         return torch.tanh(self.out(self.blocks(h)))
+
+
+class OverlayGeneratorBody(nn.Module):
+    """``gan.pathology=overlay``: z1 alone draws the anatomy, z2 adds a change to it.
+
+    The trunk is :class:`UpsampleGeneratorBody` on z1 only; its image is the negative
+    realization. A change branch reads z2 as a coarse spatial map (a linear layer to an 8x8 grid at
+    64 px: where the change goes) beside the trunk's features at that scale (what anatomy is
+    there), upsamples like the trunk and ends in one linear conv, added before the final tanh::
+
+        G(z1, z2) = tanh(base(z1) + g(z2) * change(z1, z2)),   g(z2) = 1 - exp(-4 |z2|^2 / d)
+
+    The gate makes G(z1, 0) = tanh(base(z1)) exactly, whatever the branch's weights, and is near 1
+    for a typical positive code (|z2|^2 ~ d). Unlike a joint G(cat(z1, z2)), z2 cannot reach the
+    trunk's features and their normalisation, so every pixel it changes is paid for in full by the
+    change prior (``gan.change_l1``): a local lesion is cheaper than a global contrast shift.
+    (A sigmoid mask in place of the additive change closed for good during the pure-GAN steps,
+    before the classifier term starts: D prefers no change, and a saturated sigmoid has no
+    gradient to reopen.) The branch has no BatchNorm, whose statistics would mix the negatives'
+    zero changes with the positives'."""
+
+    def __init__(self, z1_dim, z2_dim, channels, size, ngf, norm: str = "batch", upsample: str = "nearest"):
+        super().__init__()
+        self.trunk = UpsampleGeneratorBody(z1_dim, channels, size, ngf, norm=norm, upsample=upsample)
+        self.z2_dim = z2_dim
+        n_up = len(self.trunk.blocks) // 4
+        # the branch joins the trunk after its first upsampling (8x8 at 64 px), or at the start
+        self.tap = 1 if n_up >= 1 else 0
+        c_tap = self.trunk.blocks[1].out_channels if self.tap else self.trunk.c0
+        self.side = self.trunk.start * 2**self.tap
+        self.k = max(8, ngf)  # channels of the z2 map
+        self.code_map = nn.Linear(z2_dim, self.k * self.side * self.side)
+        cb = max(16, ngf * 2)
+        layers = [nn.Conv2d(c_tap + self.k, cb, 3, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        for _ in range(n_up - self.tap):
+            layers += [nn.Upsample(scale_factor=2, mode=upsample, **({"align_corners": False} if upsample == "bilinear" else {})),
+                       nn.Conv2d(cb, cb, 3, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        self.branch = nn.Sequential(*layers)
+        self.change = nn.Conv2d(cb, channels, 3, padding=1)
+
+    def gate(self, z2: torch.Tensor) -> torch.Tensor:
+        """[B] in [0, 1): 0 exactly at z2 = 0, ~0.98 at |z2|^2 = d."""
+        return 1 - torch.exp(-z2.float().pow(2).sum(1) * (4.0 / self.z2_dim)).to(z2.dtype)
+
+    def parts(self, z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(base, gated change), both before the tanh: G(z1, z2) = tanh(base + change)."""
+        t = self.trunk
+        h = F.relu(t.bn0(t.fc(z1).view(z1.shape[0], t.c0, t.start, t.start)))
+        feat = t.blocks[:4 * self.tap](h)
+        base = t.out(t.blocks[4 * self.tap:](feat))
+        code = self.code_map(z2).view(z2.shape[0], self.k, self.side, self.side)
+        b = self.branch(torch.cat([feat, code.to(feat.dtype)], dim=1))
+        return base, self.change(b) * self.gate(z2).to(base.dtype)[:, None, None, None]
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        base, change = self.parts(z1, z2)
+        return torch.tanh(base + change)
 
 
 class PaperGeneratorBody(nn.Module):

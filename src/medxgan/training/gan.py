@@ -182,12 +182,27 @@ def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier
     lam = lambda_at(cfg, state.step)
     loss_g = loss_adv + lam * loss_cls
     loss_change = torch.zeros((), device=device)
+    loss_modes = torch.zeros((), device=device)
+    loss_place = torch.zeros((), device=device)
     if cfg.change_l1 > 0:
         # The pathology code should change the anatomy as little as it can: an L1 prior on the
         # pixel change between the paired negative and positive renderings of each z1. It is
         # weighted like the classifier term, so anatomy is learnt first.
-        loss_change = (fake[1::2].float() - fake[0::2].float()).abs().mean()
+        neg, pos = fake[0::2].float(), fake[1::2].float()
+        loss_change = (pos - neg).abs().mean()
         loss_g = loss_g + (lam / max(cfg.lam, 1e-12)) * cfg.change_l1 * loss_change
+        if cfg.mode_seeking > 0 and len(neg) > 1:
+            # Mode seeking (Mao et al. 2019) on the anatomy: neighbouring pairs' negatives must
+            # differ in proportion to their anatomy codes. From step 0: collapse starts early.
+            z1n = z1[0::2].float()
+            ratio = (neg - neg.roll(1, 0)).abs().mean() / (z1n - z1n.roll(1, 0)).abs().mean()
+            loss_modes = 1.0 / (ratio + 1e-5)
+            loss_g = loss_g + cfg.mode_seeking * loss_modes
+        if cfg.change_diversity > 0 and len(neg) > 1:
+            # Neighbouring pairs' change maps should not sit at the same place (scale-free).
+            change = F.normalize((pos - neg).abs().flatten(1), dim=1, eps=1e-8)
+            loss_place = (change * change.roll(1, 0)).sum(1).mean()
+            loss_g = loss_g + (lam / max(cfg.lam, 1e-12)) * cfg.change_diversity * loss_place
     with record_function("gan/G_backward_and_update"):
         state.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -199,7 +214,7 @@ def train_step(state: GANState, real: torch.Tensor, classifier: BinaryClassifier
         state.ema.update(G, decay)
     return {
         "loss_d": loss_d.item(), "loss_g_adv": loss_adv.item(), "loss_cls": loss_cls.item(), "lambda": lam,
-        "change_l1": loss_change.item(),
+        "change_l1": loss_change.item(), "mode_seeking": loss_modes.item(), "change_overlap": loss_place.item(),
         "d_real": torch.sigmoid(d_real).mean().item(), "d_fake": torch.sigmoid(d_fake).mean().item(), "r1": r1.item(),
     }
 
