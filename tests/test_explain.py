@@ -183,9 +183,10 @@ def test_path_variant_is_complete_where_eq7_is_not():
     assert torch.allclose(path[0, 0, 0], torch.tensor([1 / 3, 2 / 3]), atol=1e-3)  # ∫α²dα, ∫2α²dα
 
 
+@pytest.mark.parametrize("pathology", ["joint", "overlay"])
 @pytest.mark.parametrize("target", [PositiveLogit(), PositiveProbability()])
-def test_path_variant_complete_on_the_tiny_generator(target):
-    G, C = tiny_models()
+def test_path_variant_complete_on_the_tiny_generator(target, pathology):
+    G, C = tiny_models(pathology=pathology)
     z1, z2 = latents(G, n=2)
     path = latent_integrated_gradients(G, C, z1, z2, n_steps=64, method="path", target=target)
     with torch.no_grad():
@@ -298,8 +299,9 @@ def test_random_control_is_seeded():
 
 
 # --- the whole pipeline --------------------------------------------------------------------
-def test_explain_images_is_deterministic_and_complete():
-    G, C = tiny_models()
+@pytest.mark.parametrize("pathology", ["joint", "overlay"])
+def test_explain_images_is_deterministic_and_complete(pathology):
+    G, C = tiny_models(pathology=pathology)
     with torch.no_grad():
         images = G(*latents(G, n=2)) + 0.02 * torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     methods = ("difference", "lig", "lig_path", "gradcam", "ig", "ig_negative", "random")

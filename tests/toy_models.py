@@ -21,9 +21,9 @@ def calibrate_batchnorm(model, *inputs):
     return out
 
 
-def tiny_models(size=16, channels=1, code="continuous", n_logits=1, seed=0):
+def tiny_models(size=16, channels=1, code="continuous", n_logits=1, seed=0, pathology="joint"):
     torch.manual_seed(seed)
-    G = build_generator(GANConfig(z1_dim=8, z2_dim=4, ngf=8, code=code), size, channels)
+    G = build_generator(GANConfig(z1_dim=8, z2_dim=4, ngf=8, code=code, pathology=pathology), size, channels)
     C = build_classifier(ClassifierConfig(width=8, depth=2, n_logits=n_logits), size, channels)
     gen = torch.Generator().manual_seed(seed + 1)
     z1 = G.sample_z1(128, gen)
