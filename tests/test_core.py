@@ -399,7 +399,7 @@ def test_overlay_generator_adds_the_pathology_code_to_a_z1_only_base(tmp_path):
         G.body.change.weight.zero_()
         G.body.change.bias.zero_()
         assert torch.equal(G(z1, z2), neg)
-    # the path G(z1, alpha z2) starts at the negative realization and ends at G(z1, z2)
+    # the latent path G(z1, alpha z2) starts at the negative code, z2 = 0
     assert torch.equal(G.path_code(z2, 0.0), torch.zeros_like(z2))
     ckpt.save_generator(tmp_path / "g.safetensors", G, cfg, 16, 1)
     G2, meta = ckpt.load_generator(tmp_path / "g.safetensors")
