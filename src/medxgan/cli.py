@@ -395,7 +395,7 @@ def _explain_inputs(args, dcfg, progress):
                       skip_bad=args.skip_bad)
 
 
-def _explain_settings(args, dcfg, inversion, methods, use_encoder: bool) -> dict:
+def _explain_settings(args, dcfg, inversion, methods, use_encoder: bool, tuning=None) -> dict:
     """Everything that changes an image's explanation: the resume fingerprint's input."""
     import dataclasses as dc
 
@@ -408,11 +408,14 @@ def _explain_settings(args, dcfg, inversion, methods, use_encoder: bool) -> dict
     inv = dc.asdict(inversion)
     if not inversion.warmup_steps:  # runs made before the warm-up existed keep their fingerprint
         inv.pop("warmup_steps"), inv.pop("warmup_lr")
-    return {"weights": {w: file_digest(model / w) for w in weights if (model / w).is_file()},
-            "methods": methods, "target": args.target, "inversion": inv, "encoder": use_encoder,
-            "frames": args.frames, "lig_steps": args.lig_steps, "data": dc.asdict(dcfg), "report_details": args.report_details,
-            "source": {"data": bool(args.data), "split": args.split, "all_classes": args.all_classes,
-                       "with_mask": args.with_mask}}
+    settings = {"weights": {w: file_digest(model / w) for w in weights if (model / w).is_file()},
+                "methods": methods, "target": args.target, "inversion": inv, "encoder": use_encoder,
+                "frames": args.frames, "lig_steps": args.lig_steps, "data": dc.asdict(dcfg), "report_details": args.report_details,
+                "source": {"data": bool(args.data), "split": args.split, "all_classes": args.all_classes,
+                           "with_mask": args.with_mask}}
+    if tuning is not None:  # runs without tuning keep the fingerprint they had before it existed
+        settings["tuning"] = dc.asdict(tuning)
+    return settings
 
 
 def cmd_explain(args) -> int:
@@ -469,11 +472,14 @@ def cmd_explain(args) -> int:
                            "(the paper inverts with Eq. 5 alone)")
     inversion = (InversionConfig.paper() if args.paper_inversion
                  else InversionConfig(steps=steps, restarts=restarts, seed=args.seed, **_inversion_terms(args)))
+    tuning = _tuning_config(args)
+    if tuning is not None and args.paper_inversion:
+        raise MedxganError("--tune-steps and --paper-inversion exclude each other (the paper inverts the latents alone)")
 
     names = source.names
     safes = safe_names(names)
     out = _prepare_out(Path(args.out)) if main else Path(args.out)
-    settings = _explain_settings(args, dcfg, inversion, methods, E is not None)
+    settings = _explain_settings(args, dcfg, inversion, methods, E is not None, tuning)
     manifest = ExplainManifest.open(out, settings, require_existing=args.resume)  # every rank checks: same one-line error
     dist_.barrier(ctx)  # every rank has read the old manifest before rank 0 rewrites it
     # An image is done when its JSON (written last, atomically) is there and names it.
@@ -507,7 +513,7 @@ def cmd_explain(args) -> int:
             explanations = explain_images(G, C, batch.images[sl], methods=methods, inversion=inversion, n_frames=args.frames,
                                           lig_steps=args.lig_steps, target=args.target, names=[names[i] for i in run],
                                           masks=batch.masks[sl] if batch.masks is not None else None,
-                                          first_index=run[0], init=init)
+                                          first_index=run[0], init=init, tuning=tuning)
             for i, explanation in zip(run, explanations):
                 write_image_outputs(explanation, out, safes[i], position=i + 1 if i < args.report_details else None)
                 done.add(i)
@@ -530,7 +536,8 @@ def cmd_explain(args) -> int:
             "inversion": "paper protocol (Adam, 10,000 steps)" if args.paper_inversion else
             f"{'encoder start + ' if E is not None else ''}"
             + (f"{inversion.warmup_steps} pixel warm-up steps + " if inversion.warmup_steps else "")
-            + f"{inversion.steps} steps x {inversion.restarts} start(s)",
+            + f"{inversion.steps} steps x {inversion.restarts} start(s)"
+            + (f" + {tuning.steps} generator-tuning steps per image" if tuning is not None else ""),
             "target": args.target}
     # detailed panels were written for the images at job positions < --report-details: a prefix of the rows
     first_names = set(names[:args.report_details])
@@ -733,6 +740,24 @@ WARMUP_STEPS_HELP = ("inversion: pixels-only warm-up steps (MSE alone: G without
                      "of an Eq. 5 step) before the Eq. 5 steps; every start warms up and the best of each image goes "
                      "on alone (default 0 = none; README, 'Inversion')")
 WARMUP_LR_HELP = "inversion: Adam learning rate of the warm-up (cosine decay; default 0.1)"
+TUNE_STEPS_HELP = ("after the inversion, fine-tune a copy of the generator on each image for N steps (pivotal tuning) so that "
+                   "it reproduces the image while its negative realization stays negative and differs sparsely; the "
+                   "latent maps then come from the tuned copy (medxgan.tuning; docs/RESULTS.md). 0 = off (default); "
+                   "1000 is the measured setting")
+
+
+def _tuning_config(args):
+    """TuningConfig from ``--tune-*`` (None when ``--tune-steps`` is 0)."""
+    from medxgan.tuning import TuningConfig
+
+    if args.tune_steps < 0:
+        raise MedxganError(f"--tune-steps must be non-negative, got {args.tune_steps}")
+    if not args.tune_steps:
+        if args.tune_lr is not None or args.tune_change_weight is not None:
+            raise MedxganError("--tune-lr / --tune-change-weight need --tune-steps N")
+        return None
+    given = {"lr": args.tune_lr, "change_weight": args.tune_change_weight}
+    return TuningConfig(steps=args.tune_steps, **{k: v for k, v in given.items() if v is not None})
 
 
 def _inversion_terms(args) -> dict:
@@ -895,6 +920,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anchor-weight", type=float, metavar="W", help=ANCHOR_WEIGHT_HELP)
     p.add_argument("--warmup-steps", type=int, metavar="N", help=WARMUP_STEPS_HELP)
     p.add_argument("--warmup-lr", type=float, metavar="LR", help=WARMUP_LR_HELP)
+    p.add_argument("--tune-steps", type=int, default=0, metavar="N", help=TUNE_STEPS_HELP)
+    p.add_argument("--tune-lr", type=float, metavar="LR", help="generator tuning: Adam learning rate on the weights (default 1e-4)")
+    p.add_argument("--tune-change-weight", type=float, metavar="W",
+                   help="generator tuning: weight of mean |G'(z1,z2) - G'(z1,0)|, the smallest change that makes C say positive (default 0.2)")
     p.add_argument("--frames", type=int, default=11, help="frames of the latent interpolation")
     p.add_argument("--lig-steps", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=16, help="images loaded and explained at once (bounds memory)")

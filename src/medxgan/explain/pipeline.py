@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from medxgan.explain.latent import accumulated_difference, completeness_error, latent_interpolation
+from medxgan.explain.latent import LatentInterpolation, accumulated_difference, completeness_error, latent_interpolation
 from medxgan.explain.registry import get_explainer
 from medxgan.explain.targets import Target, resolve_target
-from medxgan.inversion import InversionConfig, invert
+from medxgan.inversion import InversionConfig, image_quality, invert
+from medxgan.tuning import TuningConfig, tune_generator
 
 DEFAULT_METHODS = ("difference", "lig", "gradcam", "ig", "ig_negative")
 
@@ -42,12 +43,30 @@ def _cpu(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu", torch.float32)
 
 
+def _latent_explanations(G, C, images, z1, z2, methods, inversion, options, n_frames, target, progress):
+    """(interpolation, {method: maps}, {"lig"/"lig_path": completeness error}) of ``images`` at
+    their latents under generator ``G``."""
+    interp = latent_interpolation(G, C, z1, z2, n_frames)
+    maps, completeness = {}, {}
+    method_names = list(methods)
+    if progress:
+        from tqdm.auto import tqdm
+
+        method_names = tqdm(method_names, desc="explain", leave=False)
+    for name in method_names:
+        explainer = get_explainer(name, G, C, target=target, inversion=inversion, **options.get(name, {}))
+        maps[name] = explainer.attribute(images, latents=(z1, z2))
+        if name in ("lig", "lig_path"):
+            completeness[name] = completeness_error(maps[name], G, C, z1, z2, target)
+    return interp, maps, completeness
+
+
 def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
                    inversion: InversionConfig = InversionConfig(), n_frames: int = 11, lig_steps: int = 32,
                    target: "str | Target" = "logit", progress: bool = False, path_steps: int = 128,
                    ig_steps: int = 32, internal_batch_size: int = 64, init=None,
                    names: list[str] | None = None, masks: torch.Tensor | None = None,
-                   first_index: int | None = None) -> list[Explanation]:
+                   first_index: int | None = None, tuning: TuningConfig | None = None) -> list[Explanation]:
     """Invert ``images`` once (Eq. 5), then run every method in ``methods`` on the shared latents.
 
     Args:
@@ -61,6 +80,11 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
         names, masks: optional per-image names and [B,1,H,W] bool lesion masks, carried into
             the explanations (for the report).
         first_index: index of ``images[0]`` in a larger job (see :func:`medxgan.inversion.invert`).
+        tuning: optional per-image generator tuning after the inversion
+            (:func:`medxgan.tuning.tune_generator`): each image's reconstruction, negative
+            realization, interpolation and latent maps then come from its own tuned copy of G.
+            ``quality`` then describes the tuned reconstruction and keeps the latent-only
+            inversion's SSIM as ``ssim_latent``.
 
     Returns:
         One :class:`Explanation` per image. ``completeness`` holds |sum(attr) - Δf| for "lig" and
@@ -71,37 +95,51 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
     target = resolve_target(target)
     inv = invert(G, C, images, inversion, init=init, progress=progress, first_index=first_index)
     z1, z2 = inv.z1, inv.z2
-    interp = latent_interpolation(G, C, z1, z2, n_frames)
     options = {
         "lig": {"n_steps": lig_steps, "internal_batch_size": internal_batch_size},
         "lig_path": {"n_steps": path_steps, "internal_batch_size": internal_batch_size},
         "ig": {"n_steps": ig_steps, "internal_batch_size": internal_batch_size},
         "ig_negative": {"n_steps": ig_steps, "internal_batch_size": internal_batch_size},
     }
-    maps, completeness = {}, {}
-    method_names = list(methods)
-    if progress:
-        from tqdm.auto import tqdm
+    quality = {"mse": inv.mse, "psnr": inv.psnr, "ssim": inv.ssim, "delta_prob": inv.delta_prob}
+    recon, prob_recon = inv.reconstruction, inv.prob_reconstruction
+    if tuning is None:
+        interp, maps, completeness = _latent_explanations(G, C, images, z1, z2, methods, inversion, options, n_frames,
+                                                          target, progress)
+    else:  # every image with its own tuned generator
+        parts = []
+        images_iter = range(images.shape[0])
+        if progress:
+            from tqdm.auto import tqdm
 
-        method_names = tqdm(method_names, desc="explain", leave=False)
-    for name in method_names:
-        explainer = get_explainer(name, G, C, target=target, inversion=inversion, **options.get(name, {}))
-        maps[name] = explainer.attribute(images, latents=(z1, z2))
-        if name in ("lig", "lig_path"):
-            completeness[name] = completeness_error(maps[name], G, C, z1, z2, target)
+            images_iter = tqdm(images_iter, desc="tune", leave=False)
+        for b in images_iter:
+            sl = slice(b, b + 1)
+            Gb = tune_generator(G, C, images[sl], z1[sl], z2[sl], tuning)
+            parts.append(_latent_explanations(Gb, C, images[sl], z1[sl], z2[sl], methods, inversion, options, n_frames,
+                                              target, False))
+        interp = LatentInterpolation(*(torch.cat([getattr(p[0], f) for p in parts]) if f != "alphas" else parts[0][0].alphas
+                                       for f in LatentInterpolation._fields))
+        maps = {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
+        completeness = {k: torch.cat([p[2][k] for p in parts]) for k in parts[0][2]}
+        recon = interp.frames[:, -1]
+        prob_recon = interp.probs[:, -1]
+        mse, psnr, ssim = image_quality(recon, images)
+        quality = {"mse": mse, "psnr": psnr, "ssim": ssim, "delta_prob": (prob_recon - inv.prob_target).abs(),
+                   "ssim_latent": inv.ssim}
     accumulated = accumulated_difference(interp.frames)
-    negative, positive = interp.frames[:, 0], interp.frames[:, -1]
+    negative = interp.frames[:, 0]
     out = []
     for b in range(images.shape[0]):
         out.append(Explanation(
-            image=_cpu(images[b]), reconstruction=_cpu(inv.reconstruction[b]), negative=_cpu(negative[b]),
+            image=_cpu(images[b]), reconstruction=_cpu(recon[b]), negative=_cpu(negative[b]),
             frames=_cpu(interp.frames[b]), frame_probs=_cpu(interp.probs[b]), alphas=_cpu(interp.alphas),
             monotone=bool(interp.monotone[b]),
-            prob_image=float(inv.prob_target[b]), prob_reconstruction=float(inv.prob_reconstruction[b]),
+            prob_image=float(inv.prob_target[b]), prob_reconstruction=float(prob_recon[b]),
             prob_negative=float(interp.probs[b, 0]),
-            quality={"mse": float(inv.mse[b]), "psnr": float(inv.psnr[b]), "ssim": float(inv.ssim[b]),
-                     "delta_prob": float(inv.delta_prob[b]), "loss": float(inv.loss[b]),
-                     "steps_run": int(inv.steps_run[b])},
+            quality={**{k: float(v[b]) for k, v in quality.items()}, "loss": float(inv.loss[b]),
+                     "steps_run": int(inv.steps_run[b]),
+                     **({"tune_steps": tuning.steps} if tuning is not None else {})},
             maps={k: _cpu(v[b]) for k, v in maps.items()}, accumulated=_cpu(accumulated[b]),
             z1=_cpu(z1[b]), z2=_cpu(z2[b]),
             completeness={k: float(v[b]) for k, v in completeness.items()},

@@ -1,0 +1,134 @@
+"""Per-image generator tuning (medxgan.tuning) and its use in explain."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medxgan.errors import MedxganError
+from medxgan.explain import explain_images
+from medxgan.inversion import InversionConfig
+from medxgan.tuning import TuningConfig, tune_generator, tuning_loss
+from toy_models import tiny_models
+from conftest import assert_one_line_error, run_cli  # noqa: F401  (demo_run is a conftest fixture)
+
+
+def _latents(G, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return G.sample_z1(1, gen), torch.randn(1, G.code_dim, generator=gen)
+
+
+def _params(G):
+    return [p.detach().clone() for p in G.parameters()]
+
+
+def test_loss_terms_match_their_formulas():
+    G, C = tiny_models()
+    G.eval()
+    z1, z2 = _latents(G)
+    x = torch.rand(1, 1, 16, 16) * 2 - 1
+    p = torch.tensor([0.8])
+    cfg = TuningConfig(cls_weight=0.7, neg_weight=0.3, change_weight=0.2)
+    with torch.no_grad():
+        loss, recon, negative = tuning_loss(G, C, z1, z2, x, p, cfg)
+        pos = G(z1, z2)
+        neg = G(z1, torch.zeros_like(z2))
+        q = torch.sigmoid(C.positive_logit(pos))
+        kl = p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))
+        expected = ((pos - x) ** 2).mean() + 0.7 * kl - 0.3 * torch.log(1 - torch.sigmoid(C.positive_logit(neg))) \
+            + 0.2 * (pos - neg).abs().mean()
+    assert torch.allclose(recon, pos) and torch.allclose(negative, neg)
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_an_image_the_generator_already_draws_leaves_the_weights_alone():
+    # pixels only, and x = G(z1, z2): the loss is 0 with a zero gradient, so Adam moves nothing
+    G, C = tiny_models()
+    G.eval()
+    z1, z2 = _latents(G)
+    with torch.no_grad():
+        x = G(z1, z2)
+    tuned = tune_generator(G, C, x, z1, z2, TuningConfig(steps=20, cls_weight=0, neg_weight=0, change_weight=0))
+    assert all(torch.equal(a, b) for a, b in zip(_params(G), _params(tuned)))
+
+
+def test_tuning_fits_an_image_out_of_reach_and_keeps_the_negative_negative():
+    G, C = tiny_models()
+    G.train()  # tuning must not depend on, or change, the caller's mode
+    before = _params(G)
+    z1, z2 = _latents(G)
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.rand(1, 1, 16, 16, generator=gen) * 2 - 1)  # noise: no latent of G draws it
+    tuned = tune_generator(G, C, x, z1, z2, TuningConfig(steps=150, lr=2e-3))
+    assert G.training and not tuned.training
+    assert all(torch.equal(a, b) for a, b in zip(before, _params(G)))  # the trained G is untouched
+    assert not any(p.requires_grad for p in tuned.parameters())
+    G.eval()
+    with torch.no_grad():
+        mse_before = F.mse_loss(G(z1, z2), x)
+        mse_after = F.mse_loss(tuned(z1, z2), x)
+        p_neg = C.positive_prob(tuned(z1, torch.zeros_like(z2)))
+    assert mse_after < 0.5 * mse_before
+    assert p_neg < 0.1
+
+
+def test_tuning_refuses_batches_and_nan_and_bad_settings():
+    G, C = tiny_models()
+    z1, z2 = _latents(G)
+    with pytest.raises(MedxganError, match="one image at a time"):
+        tune_generator(G, C, torch.zeros(2, 1, 16, 16), z1.expand(2, -1), z2.expand(2, -1), TuningConfig(steps=1))
+    with pytest.raises(MedxganError, match="NaN"):
+        tune_generator(G, C, torch.full((1, 1, 16, 16), float("nan")), z1, z2, TuningConfig(steps=1))
+    for bad in ({"steps": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"change_weight": -1.0}, {"neg_weight": float("inf")}):
+        with pytest.raises(MedxganError):
+            TuningConfig(**bad)
+
+
+@pytest.mark.parametrize("pathology", ["joint", "overlay"])
+def test_explain_with_tuning_uses_each_images_own_generator(pathology):
+    G, C = tiny_models(pathology=pathology)
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(2, 1, 16, 16, generator=gen) * 2 - 1
+    inversion = InversionConfig(steps=30, restarts=1)
+    plain = explain_images(G, C, images, methods=("difference", "lig_path"), inversion=inversion, n_frames=5, path_steps=32)
+    tuned = explain_images(G, C, images, methods=("difference", "lig_path"), inversion=inversion, n_frames=5, path_steps=32,
+                           tuning=TuningConfig(steps=100, lr=2e-3))
+    for a, b in zip(plain, tuned):
+        assert torch.equal(a.z1, b.z1) and torch.equal(a.z2, b.z2)  # one inversion, then the tuning
+        assert b.quality["ssim_latent"] == pytest.approx(a.quality["ssim"])
+        assert b.quality["tune_steps"] == 100 and "tune_steps" not in a.quality
+        assert b.quality["mse"] < a.quality["mse"]
+        # the interpolation's ends are the tuned generator's reconstruction and negative realization
+        assert torch.equal(b.frames[0], b.negative) and torch.allclose(b.frames[-1], b.reconstruction, atol=1e-6)
+        assert torch.allclose(b.maps["difference"], (b.reconstruction - b.negative).abs(), atol=1e-6)
+        # the exact path integral stays complete along the tuned generator's path
+        delta = abs(torch.logit(b.frame_probs[-1]) - torch.logit(b.frame_probs[0]))
+        assert b.completeness["lig_path"] < 0.05 * float(delta) + 1e-3
+        assert b.prob_reconstruction == pytest.approx(float(b.frame_probs[-1]), abs=1e-6)
+
+
+def test_cli_explain_with_tuning(demo_run, tmp_path):
+    out, _ = demo_run
+    args = ("explain", "--model", out / "medxgan", "--data", out / "phantoms", "--n", "1", "--steps", "10", "--restarts", "1",
+            "--lig-steps", "4", "--methods", "difference,lig", "--no-progress")
+    rc, so, se = run_cli(*args, "--out", tmp_path / "t", "--tune-steps", "5", "--tune-lr", "1e-3")
+    assert rc == 0, se
+    row = json.loads((tmp_path / "t/summary.json").read_text())["images"][0]
+    record = json.loads(next((tmp_path / "t/json").glob("*.json")).read_text())
+    assert record["quality"]["tune_steps"] == 5 and "ssim_latent" in record["quality"]
+    assert row["ssim"] == pytest.approx(record["quality"]["ssim"])
+    assert "generator-tuning" in (tmp_path / "t/report.html").read_text()
+    # the same --out with other tuning settings is a different run: refused, nothing lost
+    rc, _, err = run_cli(*args, "--out", tmp_path / "t", "--tune-steps", "6", "--resume")
+    assert rc != 0 and (tmp_path / "t/summary.json").is_file()
+    rc, _, err = run_cli(*args, "--out", tmp_path / "e1", "--tune-lr", "1e-3")
+    assert_one_line_error(rc, err, "--tune-steps")
+    rc, _, err = run_cli(*args, "--out", tmp_path / "e2", "--tune-steps", "-1")
+    assert_one_line_error(rc, err, "--tune-steps")
+    rc, _, err = run_cli(*args, "--out", tmp_path / "e3", "--tune-steps", "5", "--tune-lr", "0")
+    assert_one_line_error(rc, err, "lr")
+    rc, _, err = run_cli("explain", "--model", out / "medxgan", "--data", out / "phantoms", "--n", "1", "--paper-inversion",
+                         "--tune-steps", "5", "--out", tmp_path / "e4", "--no-progress")
+    assert_one_line_error(rc, err, "--paper-inversion")
+    assert not any((tmp_path / d).exists() and any((tmp_path / d).iterdir()) for d in ("e1", "e2", "e3", "e4"))
