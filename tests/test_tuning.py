@@ -40,6 +40,13 @@ def test_loss_terms_match_their_formulas():
             + 0.2 * (pos - neg).abs().mean()
     assert torch.allclose(recon, pos) and torch.allclose(negative, neg)
     assert torch.allclose(loss, expected, atol=1e-5)
+    # a classifier saturated in float32 (P(x) == 1.0): the floor H(1) is 0, the loss finite
+    with torch.no_grad():
+        loss1, _, _ = tuning_loss(G, C, z1, z2, x, torch.tensor([1.0]), cfg)
+        q1 = torch.sigmoid(C.positive_logit(pos))
+        expected1 = ((pos - x) ** 2).mean() - 0.7 * torch.log(q1) - 0.3 * torch.log(1 - torch.sigmoid(C.positive_logit(neg))) \
+            + 0.2 * (pos - neg).abs().mean()
+    assert torch.isfinite(loss1).all() and torch.allclose(loss1, expected1, atol=1e-5)
 
 
 def test_an_image_the_generator_already_draws_leaves_the_weights_alone():

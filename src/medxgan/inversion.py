@@ -144,6 +144,12 @@ def frozen(*modules: nn.Module | None):
                 p.requires_grad_(flag)
 
 
+def binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    """H(p) = -(p log p + (1-p) log(1-p)) in nats, 0 at p = 0 and p = 1 (a classifier saturated in
+    float32 gives exactly 1.0; 0 * log 0 must then count as 0, not NaN)."""
+    return -(torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p))
+
+
 def inversion_loss(G, C, z1, z2, x, prob_target, cls_weight: float = 1.0, neg_weight: float = 0.0,
                    change_weight: float = 0.0):
     """Per-row Eq. 5. ``x`` [N,C,H,W] in [-1,1], ``prob_target`` [N] = P_C(x) (detached).
@@ -163,9 +169,7 @@ def inversion_loss(G, C, z1, z2, x, prob_target, cls_weight: float = 1.0, neg_we
     loss = mse
     if cls_weight > 0:
         bce = F.binary_cross_entropy_with_logits(C.positive_logit(recon), prob_target, reduction="none")
-        p = prob_target.clamp(1e-12, 1 - 1e-12)
-        floor = -(p * p.log() + (1 - p) * (1 - p).log())
-        loss = loss + cls_weight * (bce - floor)
+        loss = loss + cls_weight * (bce - binary_entropy(prob_target))
     if neg_weight > 0 or change_weight > 0:
         negative = G(z1, G.negative_code(z2))
         if neg_weight > 0:
@@ -407,4 +411,4 @@ def invert(G, C, x: torch.Tensor, cfg: InversionConfig = InversionConfig(), init
     )
 
 
-__all__ = ["InversionConfig", "InversionResult", "invert", "inversion_loss", "image_quality", "frozen"]
+__all__ = ["InversionConfig", "InversionResult", "binary_entropy", "invert", "inversion_loss", "image_quality", "frozen"]

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from medxgan.errors import MedxganError
-from medxgan.inversion import frozen
+from medxgan.inversion import binary_entropy, frozen
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,7 @@ def tuning_loss(G, C, z1: torch.Tensor, z2: torch.Tensor, x: torch.Tensor, prob_
     loss = (recon - x).pow(2).flatten(1).mean(1)
     if cfg.cls_weight > 0:
         bce = F.binary_cross_entropy_with_logits(C.positive_logit(recon), prob_target, reduction="none")
-        p = prob_target.clamp(1e-12, 1 - 1e-12)
-        loss = loss + cfg.cls_weight * (bce + p * p.log() + (1 - p) * (1 - p).log())
+        loss = loss + cfg.cls_weight * (bce - binary_entropy(prob_target))
     if cfg.neg_weight > 0:
         loss = loss + cfg.neg_weight * F.softplus(C.positive_logit(negative))
     if cfg.change_weight > 0:
