@@ -420,3 +420,11 @@ def test_held_out_commands_refuse_a_run_without_its_split(tmp_path, demo_run):
         assert_one_line_error(rc, err, "split.json" if argv[0] != "evaluate" else "--gan-steps")
     rc, _, err = run_cli("evaluate", "--model", run, "--data", out / "phantoms", "--out", tmp_path / "v", "--no-progress")
     assert_one_line_error(rc, err, "split.json")
+
+
+def test_an_error_met_on_one_torchrun_rank_is_said(tmp_path, monkeypatch, capsys):
+    # under torchrun an error only rank 1 meets (e.g. one of its images) must reach the user
+    monkeypatch.setenv("RANK", "1")
+    rc = main(["explain", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "x.png"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and err.startswith("medxgan: error (rank 1):") and "missing" in err and len(err.splitlines()) == 1

@@ -1002,9 +1002,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except MedxganError as e:
-        if _rank() > 0:  # under torchrun every rank hits the same error: say it once
-            return EXIT_INTERRUPTED if str(e).startswith("interrupted") else EXIT_USER_ERROR
-        print(f"medxgan: error: {e}", file=sys.stderr)
+        # Under torchrun an error that only one rank meets must not go unsaid: other ranks name themselves.
+        print(f"medxgan: error{f' (rank {_rank()})' if _rank() > 0 else ''}: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED if str(e).startswith("interrupted") else EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("medxgan: interrupted", file=sys.stderr)
