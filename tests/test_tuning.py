@@ -108,7 +108,7 @@ def test_explain_with_tuning_uses_each_images_own_generator(pathology):
         assert b.quality["mse"] < a.quality["mse"]
         # the interpolation's ends are the tuned generator's reconstruction and negative realization
         assert torch.equal(b.frames[0], b.negative) and torch.allclose(b.frames[-1], b.reconstruction, atol=1e-6)
-        assert torch.allclose(b.maps["difference"], (b.reconstruction - b.negative).abs(), atol=1e-6)
+        assert torch.allclose(b.maps["difference"], (b.reconstruction - b.negative).abs(), atol=1e-5)  # separate forward passes: float rounding
         # the exact path integral stays complete along the tuned generator's path
         delta = abs(torch.logit(b.frame_probs[-1]) - torch.logit(b.frame_probs[0]))
         assert b.completeness["lig_path"] < 0.05 * float(delta) + 1e-3
