@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from medxgan.errors import MedxganError
 from medxgan.explain import explain_images
 from medxgan.inversion import InversionConfig
-from medxgan.tuning import TuningConfig, tune_generator, tuning_loss
+from medxgan.tuning import TuningConfig, total_variation, tune_generator, tuning_loss
 from toy_models import tiny_models
 from conftest import assert_one_line_error, run_cli  # noqa: F401  (demo_run is a conftest fixture)
 
@@ -29,15 +29,18 @@ def test_loss_terms_match_their_formulas():
     z1, z2 = _latents(G)
     x = torch.rand(1, 1, 16, 16) * 2 - 1
     p = torch.tensor([0.8])
-    cfg = TuningConfig(cls_weight=0.7, neg_weight=0.3, change_weight=0.2)
+    cfg = TuningConfig(cls_weight=0.7, neg_weight=0.3, proximity_weight=0.4, smooth_weight=0.1, change_weight=0.2)
     with torch.no_grad():
         loss, recon, negative = tuning_loss(G, C, z1, z2, x, p, cfg)
         pos = G(z1, z2)
         neg = G(z1, torch.zeros_like(z2))
         q = torch.sigmoid(C.positive_logit(pos))
         kl = p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))
+        d = (pos - neg)[0, 0]
+        tv = sum(abs(float(d[i + 1, j] - d[i, j])) for i in range(15) for j in range(16)) / (15 * 16) \
+            + sum(abs(float(d[i, j + 1] - d[i, j])) for i in range(16) for j in range(15)) / (16 * 15)
         expected = ((pos - x) ** 2).mean() + 0.7 * kl - 0.3 * torch.log(1 - torch.sigmoid(C.positive_logit(neg))) \
-            + 0.2 * (pos - neg).abs().mean()
+            + 0.4 * (x - neg).abs().mean() + 0.1 * tv + 0.2 * (pos - neg).abs().mean()
     assert torch.allclose(recon, pos) and torch.allclose(negative, neg)
     assert torch.allclose(loss, expected, atol=1e-5)
     # a classifier saturated in float32 (P(x) == 1.0): the floor H(1) is 0, the loss finite
@@ -45,8 +48,18 @@ def test_loss_terms_match_their_formulas():
         loss1, _, _ = tuning_loss(G, C, z1, z2, x, torch.tensor([1.0]), cfg)
         q1 = torch.sigmoid(C.positive_logit(pos))
         expected1 = ((pos - x) ** 2).mean() - 0.7 * torch.log(q1) - 0.3 * torch.log(1 - torch.sigmoid(C.positive_logit(neg))) \
-            + 0.2 * (pos - neg).abs().mean()
+            + 0.4 * (x - neg).abs().mean() + 0.1 * tv + 0.2 * (pos - neg).abs().mean()
     assert torch.isfinite(loss1).all() and torch.allclose(loss1, expected1, atol=1e-5)
+
+
+def test_total_variation_known_answers():
+    block = torch.zeros(2, 1, 4, 4)
+    block[0, 0, 1:3, 1:3] = 1.0  # 4 of the 12 vertical and 4 of the 12 horizontal neighbour pairs differ by 1
+    block[1] = -3.0  # constant: no variation
+    assert torch.allclose(total_variation(block), torch.tensor([2 / 3, 0.0]))
+    stripes = torch.zeros(1, 1, 4, 4)
+    stripes[..., ::2] = 1.0  # every horizontal pair differs by 1, no vertical pair does
+    assert torch.allclose(total_variation(stripes), torch.tensor([1.0]))
 
 
 def test_an_image_the_generator_already_draws_leaves_the_weights_alone():
@@ -56,7 +69,8 @@ def test_an_image_the_generator_already_draws_leaves_the_weights_alone():
     z1, z2 = _latents(G)
     with torch.no_grad():
         x = G(z1, z2)
-    tuned = tune_generator(G, C, x, z1, z2, TuningConfig(steps=20, cls_weight=0, neg_weight=0, change_weight=0))
+    tuned = tune_generator(G, C, x, z1, z2, TuningConfig(steps=20, cls_weight=0, neg_weight=0, proximity_weight=0,
+                                                                           smooth_weight=0))
     assert all(torch.equal(a, b) for a, b in zip(_params(G), _params(tuned)))
 
 
@@ -80,6 +94,20 @@ def test_tuning_fits_an_image_out_of_reach_and_keeps_the_negative_negative():
     assert p_neg < 0.1
 
 
+def test_the_smoothness_term_makes_the_change_smoother():
+    G, C = tiny_models()
+    G.eval()
+    z1, z2 = _latents(G)
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.rand(1, 1, 16, 16, generator=gen) * 2 - 1)
+    tv = {}
+    for w in (0.0, 1.0):
+        tuned = tune_generator(G, C, x, z1, z2, TuningConfig(steps=150, lr=2e-3, smooth_weight=w))
+        with torch.no_grad():
+            tv[w] = float(total_variation(tuned(z1, z2) - tuned(z1, torch.zeros_like(z2))))
+    assert tv[1.0] < 0.7 * tv[0.0]
+
+
 def test_tuning_refuses_batches_and_nan_and_bad_settings():
     G, C = tiny_models()
     z1, z2 = _latents(G)
@@ -87,7 +115,8 @@ def test_tuning_refuses_batches_and_nan_and_bad_settings():
         tune_generator(G, C, torch.zeros(2, 1, 16, 16), z1.expand(2, -1), z2.expand(2, -1), TuningConfig(steps=1))
     with pytest.raises(MedxganError, match="NaN"):
         tune_generator(G, C, torch.full((1, 1, 16, 16), float("nan")), z1, z2, TuningConfig(steps=1))
-    for bad in ({"steps": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"change_weight": -1.0}, {"neg_weight": float("inf")}):
+    for bad in ({"steps": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"change_weight": -1.0}, {"neg_weight": float("inf")},
+                {"smooth_weight": -0.5}, {"proximity_weight": float("nan")}):
         with pytest.raises(MedxganError):
             TuningConfig(**bad)
 
@@ -139,3 +168,7 @@ def test_cli_explain_with_tuning(demo_run, tmp_path):
                          "--tune-steps", "5", "--out", tmp_path / "e4", "--no-progress")
     assert_one_line_error(rc, err, "--paper-inversion")
     assert not any((tmp_path / d).exists() and any((tmp_path / d).iterdir()) for d in ("e1", "e2", "e3", "e4"))
+    # option mistakes are named before any model or data is read: a missing model is not what is reported
+    rc, _, err = run_cli("explain", "--model", tmp_path / "no-such-run", "--data", tmp_path / "no-such-data", "--tune-lr", "1e-3",
+                         "--out", tmp_path / "e5", "--no-progress")
+    assert_one_line_error(rc, err, "--tune-steps")

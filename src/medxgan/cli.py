@@ -444,6 +444,9 @@ def cmd_explain(args) -> int:
     unknown = [m for m in methods if m not in list_explainers()]
     if unknown:
         raise MedxganError(f"--methods: unknown method(s) {', '.join(unknown)}; known: {', '.join(list_explainers())}")
+    tuning = _tuning_config(args)  # option errors come before any model or data is loaded
+    if tuning is not None and args.paper_inversion:
+        raise MedxganError("--tune-steps and --paper-inversion exclude each other (the paper inverts the latents alone)")
     ctx, device = dist_.init(args.device)
     main = ctx.is_main
     G, C, gmeta = ckpt.load_medxgan(args.model)
@@ -472,9 +475,6 @@ def cmd_explain(args) -> int:
                            "(the paper inverts with Eq. 5 alone)")
     inversion = (InversionConfig.paper() if args.paper_inversion
                  else InversionConfig(steps=steps, restarts=restarts, seed=args.seed, **_inversion_terms(args)))
-    tuning = _tuning_config(args)
-    if tuning is not None and args.paper_inversion:
-        raise MedxganError("--tune-steps and --paper-inversion exclude each other (the paper inverts the latents alone)")
 
     names = source.names
     safes = safe_names(names)
@@ -741,9 +741,9 @@ WARMUP_STEPS_HELP = ("inversion: pixels-only warm-up steps (MSE alone: G without
                      "on alone (default 0 = none; README, 'Inversion')")
 WARMUP_LR_HELP = "inversion: Adam learning rate of the warm-up (cosine decay; default 0.1)"
 TUNE_STEPS_HELP = ("after the inversion, fine-tune a copy of the generator on each image for N steps (pivotal tuning) so that "
-                   "it reproduces the image while its negative realization stays negative and differs sparsely; the "
-                   "latent maps then come from the tuned copy (medxgan.tuning; docs/RESULTS.md). 0 = off (default); "
-                   "1000 is the measured setting")
+                   "it reproduces the image while its negative realization is negative and differs from the image in a small, "
+                   "smooth region; the latent maps then come from the tuned copy (medxgan.tuning; docs/RESULTS.md). "
+                   "0 = off (default); 1500 is the measured setting")
 
 
 def _tuning_config(args):
@@ -753,10 +753,11 @@ def _tuning_config(args):
     if args.tune_steps < 0:
         raise MedxganError(f"--tune-steps must be non-negative, got {args.tune_steps}")
     if not args.tune_steps:
-        if args.tune_lr is not None or args.tune_change_weight is not None:
-            raise MedxganError("--tune-lr / --tune-change-weight need --tune-steps N")
+        if any(v is not None for v in (args.tune_lr, args.tune_proximity_weight, args.tune_smooth_weight, args.tune_change_weight)):
+            raise MedxganError("--tune-lr / --tune-proximity-weight / --tune-smooth-weight / --tune-change-weight need --tune-steps N")
         return None
-    given = {"lr": args.tune_lr, "change_weight": args.tune_change_weight}
+    given = {"lr": args.tune_lr, "proximity_weight": args.tune_proximity_weight, "smooth_weight": args.tune_smooth_weight,
+             "change_weight": args.tune_change_weight}
     return TuningConfig(steps=args.tune_steps, **{k: v for k, v in given.items() if v is not None})
 
 
@@ -922,8 +923,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-lr", type=float, metavar="LR", help=WARMUP_LR_HELP)
     p.add_argument("--tune-steps", type=int, default=0, metavar="N", help=TUNE_STEPS_HELP)
     p.add_argument("--tune-lr", type=float, metavar="LR", help="generator tuning: Adam learning rate on the weights (default 1e-4)")
+    p.add_argument("--tune-proximity-weight", type=float, metavar="W",
+                   help="generator tuning: weight of mean |x - G'(z1,0)|, the negative realization stays the image "
+                        "up to a sparse change (default 0.2)")
+    p.add_argument("--tune-smooth-weight", type=float, metavar="W",
+                   help="generator tuning: weight of the total variation of G'(z1,z2) - G'(z1,0), a change in connected regions "
+                        "rather than speckle (default 0.3; 0 = off)")
     p.add_argument("--tune-change-weight", type=float, metavar="W",
-                   help="generator tuning: weight of mean |G'(z1,z2) - G'(z1,0)|, the smallest change that makes C say positive (default 0.2)")
+                   help="generator tuning: weight of mean |G'(z1,z2) - G'(z1,0)| (default 0; session 10's recipe was 0.2 "
+                        "with the two weights above at 0)")
     p.add_argument("--frames", type=int, default=11, help="frames of the latent interpolation")
     p.add_argument("--lig-steps", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=16, help="images loaded and explained at once (bounds memory)")
