@@ -799,7 +799,8 @@ def cmd_demo(args) -> int:
          + common + [a for s in g_over for a in ("--set", s)] + (["--eval-z1", "100"] if args.quick else [])),
         ("explain", ["explain", "--model", str(out / "medxgan"), "--data", str(out / "phantoms"), "--n", "3" if args.quick else "8",
                      "--out", str(out / "report"), "--title", "medXGAN demo: phantom test positives"]
-         + (["--steps", "60", "--restarts", "2", "--lig-steps", "8"] if args.quick else ["--steps", "300", "--restarts", "2"]) + common[:2]
+         + (["--steps", "60", "--restarts", "2", "--lig-steps", "8", "--tune-steps", "10"] if args.quick
+            else ["--steps", "300", "--restarts", "2", "--tune-steps", "1000"]) + common[:2]
          + (["--no-progress"] if args.no_progress else [])),
     ]
     for name, argv in steps:
