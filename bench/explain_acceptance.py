@@ -15,6 +15,16 @@ With ``--phantoms`` (the phantom dataset the images came from, written with seed
 noise-free rendering against the stored image — the ceiling of any reconstruction that does not
 reproduce the noise pixel by pixel — and the SSIM of the reconstruction against the noise-free
 rendering (how well the anatomy and lesion were recovered).
+
+It also renders each phantom's exact counterfactual (``medxgan.phantoms.lesion_counterfactual``:
+the same subject noise-free with and without its lesion) and reports
+* the pointing game and AUPRC of that counterfactual's |difference| — what a perfect negative
+  realization would score: the masks mark the tumour only, while removing a lesion also removes
+  its oedema halo and undoes its mass effect;
+* for every map of the run, where its largest value lies: in the tumour (the pointing game),
+  within 2 pixels of it, in the oedema halo, on anatomy the lesion's mass effect moved (pixels the
+  exact counterfactual changes by more than 2 grey levels), or elsewhere (pixels the lesion did
+  not change).
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from medxgan.evaluate.localisation import localisation_scores  # noqa: E402
 from medxgan.inversion import image_quality  # noqa: E402
 
 NEGATIVE_THRESHOLD = 0.1
+MAX_PLACES = ("tumour", "within 2 px", "oedema", "mass effect", "elsewhere")
 
 
 def load_run(explain_dir: Path):
@@ -83,6 +94,31 @@ def noise_free_scores(records, raw, seed: int):
     return np.array(ceiling), np.array(recovered)
 
 
+def counterfactuals(records, raw, seed: int):
+    """[N] ``lesion_counterfactual`` of every phantom of the run, at the run's image size."""
+    from medxgan.phantoms import lesion_counterfactual
+
+    return [lesion_counterfactual(phantom_index(r["name"]), size=raw[r["safe_name"]]["image"].shape[-1], seed=seed)
+            for r in records]
+
+
+def max_places(maps: torch.Tensor, cfs) -> np.ndarray:
+    """[N] index into ``MAX_PLACES`` of where each [N,C,H,W] map's largest (channel-summed) value
+    lies (ties: the first pixel in row-major order, as in the pointing game)."""
+    from scipy import ndimage
+
+    from medxgan.evaluate.mapstats import pixel_relevance
+
+    places = []
+    for a, cf in zip(pixel_relevance(maps), cfs):
+        j = int(a.reshape(-1).argmax())
+        near = ndimage.binary_dilation(cf.mask, iterations=2) & ~cf.mask
+        moved = (cf.difference() > 2.0 / 127.5) & ~cf.mask & ~cf.oedema
+        order = (cf.mask, near, cf.oedema & ~near, moved & ~near)
+        places.append(next((k for k, region in enumerate(order) if region.flat[j]), len(order)))
+    return np.array(places)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--explain", required=True, help="output directory of `medxgan explain`")
@@ -114,10 +150,23 @@ def main(argv=None) -> int:
 
     masked = [r for r in records if "mask" in raw[r["safe_name"]] and raw[r["safe_name"]]["mask"].any()]
     result["n_with_mask"] = len(masked)
+    cfs = None
     if masked:
         masks = torch.from_numpy(np.stack([raw[r["safe_name"]]["mask"] for r in masked]))
         methods = sorted(k[4:] for k in raw[masked[0]["safe_name"]] if k.startswith("map_"))
         result["localisation"] = {}
+        if args.phantoms:
+            cfs = counterfactuals(masked, raw, args.phantom_seed)
+            cf_masks = torch.from_numpy(np.stack([cf.mask for cf in cfs]))[:, None]
+            if not torch.equal(cf_masks, masks.bool().reshape(cf_masks.shape)):
+                raise MedxganError("the run's masks are not the phantoms' tumour masks (another --phantom-seed or size?)")
+            exact = torch.from_numpy(np.stack([cf.difference() for cf in cfs]))[:, None]
+            scores = localisation_scores(exact, cf_masks)
+            pg, auprc = float(np.mean(scores["pointing_game"])), float(np.mean(scores["auprc"]))
+            result["exact_counterfactual"] = {"pointing_game": pg, "auprc": auprc,
+                                              "max_places": _shares(max_places(exact, cfs))}
+            rows.append(["pointing game / AUPRC, exact counterfactual (the phantom without its lesion), absolute difference",
+                         f"{pg:.2f} / {auprc:.2f}", "— (what a perfect negative realization scores)"])
         for method in methods:
             maps = torch.from_numpy(np.stack([raw[r["safe_name"]][f"map_{method}"] for r in masked])).float()
             if method in ("difference", "accumulated"):
@@ -125,13 +174,25 @@ def main(argv=None) -> int:
             scores = localisation_scores(maps, masks)
             pg, auprc = float(np.mean(scores["pointing_game"])), float(np.mean(scores["auprc"]))
             result["localisation"][method] = {"pointing_game": pg, "auprc": auprc}
+            if cfs is not None:
+                result["localisation"][method]["max_places"] = _shares(max_places(maps, cfs))
             rows.append([f"pointing game / AUPRC, {method}", f"{pg:.2f} / {auprc:.2f}",
                          "pointing game ≥ 0.90" if method == "difference" else ("LIG > IG" if method in ("lig", "ig") else "—")])
 
     print(B.markdown(["measure", f"result ({len(records)} images, {len(masked)} with masks)", "target"], rows))
+    if cfs is not None:
+        table = [["exact counterfactual"] + [f"{result['exact_counterfactual']['max_places'][p]:.2f}" for p in MAX_PLACES]]
+        table += [[m] + [f"{result['localisation'][m]['max_places'][p]:.2f}" for p in MAX_PLACES] for m in methods]
+        print()
+        print("Where each map's largest value lies (share of images):")
+        print(B.markdown(["map", *MAX_PLACES], table))
     B.write_json(args.json or "bench-explain-acceptance.json",
                  {"command": " ".join(sys.argv), "explain": str(explain_dir), "phantoms": args.phantoms, **result})
     return 0
+
+
+def _shares(places: np.ndarray) -> dict[str, float]:
+    return {p: float(np.mean(places == k)) for k, p in enumerate(MAX_PLACES)}
 
 
 if __name__ == "__main__":

@@ -26,6 +26,13 @@ def test_explain_acceptance_on_the_quick_demo(demo_run, tmp_path):
     assert set(got["localisation"]) >= {"difference", "lig"}
     for scores in got["localisation"].values():
         assert 0 <= scores["pointing_game"] <= 1 and 0 <= scores["auprc"] <= 1
+    # where each maximum lies: the places partition the images, and "tumour" is the pointing game
+    exact = got["exact_counterfactual"]
+    for scores in [exact, *got["localisation"].values()]:
+        assert abs(sum(scores["max_places"].values()) - 1) < 1e-9
+        assert abs(scores["max_places"]["tumour"] - scores["pointing_game"]) < 1e-9
+    # the exact counterfactual changes nothing the lesion did not change
+    assert exact["max_places"]["elsewhere"] == 0 and exact["auprc"] > 0.3
     # the wrong phantom seed is named, not silently scored
     proc = subprocess.run([sys.executable, str(BENCH / "explain_acceptance.py"), "--explain", str(run / "report"),
                            "--phantoms", str(run / "phantoms"), "--phantom-seed", "7", "--json", str(tmp_path / "x.json")],

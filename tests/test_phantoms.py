@@ -212,3 +212,23 @@ def test_noise_free_render_differs_only_by_the_noise(set64: PhantomSet) -> None:
         assert lap(clean) < lap(noisy)
     with pytest.raises(MedxganError):
         render_noise_free(-1)
+
+
+def test_lesion_counterfactual_is_the_subject_with_and_without_its_lesion(set64: PhantomSet) -> None:
+    """With the lesion it is the noise-free phantom (same mask as the data set); without, the
+    lesion's pixels change and nothing far away does; a negative's counterfactual changes nothing."""
+    from medxgan.phantoms import lesion_counterfactual, render_noise_free
+
+    for i in (1, 3, 7):
+        cf = lesion_counterfactual(i, size=64, seed=5, shortcut=0.5)
+        assert np.array_equal(cf.with_lesion, render_noise_free(i, size=64, seed=5, shortcut=0.5))
+        assert np.array_equal(cf.mask, set64.masks[i]) and cf.mask.any()
+        assert not (cf.oedema & cf.mask).any()
+        d = cf.difference()
+        assert d.dtype == np.float32 and d.min() >= 0 and d.max() <= 2
+        assert d[cf.mask].mean() > 25 / 127.5  # the tumour is removed
+        assert (d > 0).mean() < 0.25  # ... and most of the head is untouched
+    neg = lesion_counterfactual(0, size=64, seed=5, shortcut=0.5)
+    assert np.array_equal(neg.with_lesion, neg.without_lesion) and not neg.mask.any() and not neg.oedema.any()
+    with pytest.raises(MedxganError):
+        lesion_counterfactual(-1)

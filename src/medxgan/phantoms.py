@@ -59,7 +59,8 @@ from scipy import ndimage
 
 from medxgan.errors import MedxganError
 
-__all__ = ["PhantomSet", "generate_phantoms", "render_noise_free", "write_phantom_dataset"]
+__all__ = ["LesionCounterfactual", "PhantomSet", "generate_phantoms", "lesion_counterfactual", "render_noise_free",
+           "write_phantom_dataset"]
 
 _GOLDEN = 0.6180339887498949
 _TWO_PI = 2.0 * np.pi
@@ -676,10 +677,44 @@ def render_noise_free(index: int, size: int = 64, seed: int = 0, shortcut: float
     would look without its Rician acquisition noise: [size, size] uint8. What a perfect, noise-free
     reconstruction could at best reach — the SSIM between this and the stored image is the ceiling
     for any reconstruction that does not reproduce the noise itself."""
+    _check_index(index, size, seed, shortcut)
+    return _render_subject(int(seed), int(index), int(size), float(shortcut), noise_free=True).image
+
+
+def _check_index(index, size, seed, shortcut) -> None:
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
         raise MedxganError(f"phantom index must be a non-negative integer, got {index!r}")
     _validate(int(index) + 2, size, seed, shortcut)
-    return _render_subject(int(seed), int(index), int(size), float(shortcut), noise_free=True).image
+
+
+@dataclass(frozen=True)
+class LesionCounterfactual:
+    """Phantom ``index`` noise-free, with its lesion and without it (the same subject otherwise)."""
+
+    with_lesion: np.ndarray  # uint8 [S, S]: ``render_noise_free(index, ...)``
+    without_lesion: np.ndarray  # uint8 [S, S]: the same subject, anatomy and contrast, no lesion
+    mask: np.ndarray  # bool [S, S]: the tumour (core + rim), as in ``generate_phantoms``' masks
+    oedema: np.ndarray  # bool [S, S]: the oedema halo around it (not part of ``mask``)
+
+    def difference(self) -> np.ndarray:
+        """float32 [S, S]: |with - without| in [-1, 1] image units (what the lesion changed:
+        the tumour, its oedema halo and the anatomy its mass effect pushed aside)."""
+        return np.abs(self.with_lesion.astype(np.float32) - self.without_lesion.astype(np.float32)) / np.float32(127.5)
+
+
+def lesion_counterfactual(index: int, size: int = 64, seed: int = 0, shortcut: float = 0.0) -> LesionCounterfactual:
+    """The exact counterfactual of phantom ``index``: the subject rendered noise-free with and
+    without its lesion (for a negative, both are the same image and the masks are empty).
+
+    Its difference is the map a perfect negative realization would give. The phantoms' masks
+    deliberately exclude the oedema halo and the mass effect, so the largest change of this map
+    need not lie inside the mask (docs/RESULTS.md measures how often it does). With ``shortcut``
+    > 0 the marker of the lesion-free rendering may sit a pixel further from the corner (its
+    placement makes room for the mass effect)."""
+    _check_index(index, size, seed, shortcut)
+    sub = _render_subject(int(seed), int(index), int(size), float(shortcut), noise_free=True, regions=True)
+    healthy = _render_subject(int(seed), int(index), int(size), float(shortcut), lesion=False, noise_free=True)
+    return LesionCounterfactual(with_lesion=sub.image, without_lesion=healthy.image, mask=sub.mask, oedema=sub.oedema)
 
 
 def write_phantom_dataset(
