@@ -590,7 +590,7 @@ def _evaluate_command(args) -> str:
 
     words = ["medxgan", "evaluate"]
     for key, value in vars(args).items():
-        if key in ("func", "command", "list_experiments") or value is None or value is False:
+        if key in ("func", "command", "list_experiments") or value is None or value is False or (key == "tune_steps" and not value):
             continue
         words += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
     return shlex.join(words)
@@ -635,6 +635,7 @@ def cmd_evaluate(args) -> int:
     if args.convergence_sigma is not None and not (math.isfinite(args.convergence_sigma) and args.convergence_sigma >= 0):
         raise MedxganError(f"--convergence-sigma must be a finite number >= 0, got {args.convergence_sigma}")
     convergence_sigma = HYBRID_START_SIGMA if args.convergence_sigma is None else args.convergence_sigma
+    tuning = _tuning_config(args)  # option errors come before any model or data is loaded
 
     G, C, gmeta = ckpt.load_medxgan(args.model)
     config = _read_json(Path(args.model) / "config.json", "run config")
@@ -687,7 +688,7 @@ def cmd_evaluate(args) -> int:
         train_images=splits["train"].images, train_labels=splits["train"].labels,
         run_config=config, n_images=n_images, n_images_costly=n_images_costly, methods=methods, seed=args.seed, quick=quick, inversion=inversion,
         repeats=repeats, gan_steps=args.gan_steps, device=device, progress=progress, test_marker_masks=marker_masks,
-        encoder=E, fresh_inversion=fresh_inversion, convergence_sigma=convergence_sigma,
+        encoder=E, fresh_inversion=fresh_inversion, convergence_sigma=convergence_sigma, tuning=tuning,
     )
     meta = {
         "command": _evaluate_command(args),
@@ -698,6 +699,7 @@ def cmd_evaluate(args) -> int:
         "repeats": repeats, "quick": quick, "gan_steps": args.gan_steps,
         "inversion": dataclasses.asdict(inversion), "encoder": E is not None, "convergence_sigma": convergence_sigma if E is not None else None,
         "fresh_model_inversion": dataclasses.asdict(fresh_inversion), "device": str(device),
+        "tuning": dataclasses.asdict(tuning) if tuning is not None else None,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "timings": {},
     }
@@ -744,6 +746,21 @@ TUNE_STEPS_HELP = ("after the inversion, fine-tune a copy of the generator on ea
                    "it reproduces the image while its negative realization is negative and differs from the image in a small, "
                    "smooth region; the latent maps then come from the tuned copy (medxgan.tuning; docs/RESULTS.md). "
                    "0 = off (default); 1500 is the measured setting")
+
+
+def _add_tuning_args(p) -> None:
+    """``--tune-*`` (explain and evaluate): per-image generator tuning, read by :func:`_tuning_config`."""
+    p.add_argument("--tune-steps", type=int, default=0, metavar="N", help=TUNE_STEPS_HELP)
+    p.add_argument("--tune-lr", type=float, metavar="LR", help="generator tuning: Adam learning rate on the weights (default 1e-4)")
+    p.add_argument("--tune-proximity-weight", type=float, metavar="W",
+                   help="generator tuning: weight of mean |x - G'(z1,0)|, the negative realization stays the image "
+                        "up to a sparse change (default 0.2)")
+    p.add_argument("--tune-smooth-weight", type=float, metavar="W",
+                   help="generator tuning: weight of the total variation of G'(z1,z2) - G'(z1,0), a change in connected regions "
+                        "rather than speckle (default 0.3; 0 = off)")
+    p.add_argument("--tune-change-weight", type=float, metavar="W",
+                   help="generator tuning: weight of mean |G'(z1,z2) - G'(z1,0)| (default 0; session 10's recipe was 0.2 "
+                        "with the two weights above at 0)")
 
 
 def _tuning_config(args):
@@ -922,17 +939,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anchor-weight", type=float, metavar="W", help=ANCHOR_WEIGHT_HELP)
     p.add_argument("--warmup-steps", type=int, metavar="N", help=WARMUP_STEPS_HELP)
     p.add_argument("--warmup-lr", type=float, metavar="LR", help=WARMUP_LR_HELP)
-    p.add_argument("--tune-steps", type=int, default=0, metavar="N", help=TUNE_STEPS_HELP)
-    p.add_argument("--tune-lr", type=float, metavar="LR", help="generator tuning: Adam learning rate on the weights (default 1e-4)")
-    p.add_argument("--tune-proximity-weight", type=float, metavar="W",
-                   help="generator tuning: weight of mean |x - G'(z1,0)|, the negative realization stays the image "
-                        "up to a sparse change (default 0.2)")
-    p.add_argument("--tune-smooth-weight", type=float, metavar="W",
-                   help="generator tuning: weight of the total variation of G'(z1,z2) - G'(z1,0), a change in connected regions "
-                        "rather than speckle (default 0.3; 0 = off)")
-    p.add_argument("--tune-change-weight", type=float, metavar="W",
-                   help="generator tuning: weight of mean |G'(z1,z2) - G'(z1,0)| (default 0; session 10's recipe was 0.2 "
-                        "with the two weights above at 0)")
+    _add_tuning_args(p)
     p.add_argument("--frames", type=int, default=11, help="frames of the latent interpolation")
     p.add_argument("--lig-steps", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=16, help="images loaded and explained at once (bounds memory)")
@@ -989,6 +996,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, metavar="N", help=WARMUP_STEPS_HELP)
     p.add_argument("--warmup-lr", type=float, metavar="LR", help=WARMUP_LR_HELP)
     p.add_argument("--gan-steps", type=int, help="steps of experiments that train fresh generators (default: the run's gan.steps, at most 800)")
+    _add_tuning_args(p)
     p.add_argument("--seed", type=int, default=0, help="every random draw of the evaluation derives from it")
     p.add_argument("--quick", action="store_true", help="tiny budgets for smoke tests (about 2 minutes)")
     p.add_argument("--masks", help="folder of lesion masks named like the images")

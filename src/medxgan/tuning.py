@@ -29,7 +29,8 @@ removed. The classifier is never changed, so every probability, LIG and IG map i
 user's classifier; what is image-specific is the generator that the latent methods use.
 
 Cost: ``steps`` forward and backward passes of G (twice: both codes) and C, one image at a time
-(every image gets its own copy of the weights). Off unless asked for (``explain --tune-steps``).
+(every image gets its own copy of the weights). Off unless asked for (``explain --tune-steps``,
+``evaluate --tune-steps``).
 """
 
 from __future__ import annotations

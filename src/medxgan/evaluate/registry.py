@@ -131,6 +131,11 @@ class EvalContext:
         gan_steps: training budget of experiments that train fresh generators (ablation,
             data randomisation); None = the run's own ``gan.steps``.
         progress: show tqdm bars.
+        tuning: optional :class:`medxgan.tuning.TuningConfig`: the shared explanations (and the
+            data-randomisation maps of ``sanity``) then come from a copy of G tuned on each image
+            after the shared inversion (``explain --tune-steps``). Experiments that measure G or the
+            inversion themselves (fidelity, convergence, noise_robustness, code_ablation, the
+            classifier cascade of ``sanity``) do not tune. None = no tuning.
     """
 
     G: torch.nn.Module
@@ -157,6 +162,7 @@ class EvalContext:
     gan_steps: int | None = None  # GAN steps for experiments that train generators (None: the run's gan.steps)
     device: str | torch.device = "cpu"
     progress: bool = False
+    tuning: Any = None  # medxgan.tuning.TuningConfig or None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def positives(self, costly: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
@@ -196,7 +202,7 @@ class EvalContext:
                                       init=self.inversion_start(chunk),
                                       names=names[start:start + 16],
                                       masks=masks[start:start + 16] if masks is not None else None,
-                                      first_index=start, progress=self.progress)
+                                      first_index=start, progress=self.progress, tuning=self.tuning)
             self._cache["explanations"] = out
         return self._cache["explanations"]
 

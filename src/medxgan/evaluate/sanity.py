@@ -101,6 +101,19 @@ def _cascade_figure(layers: list[str], curves: dict):
     return fig
 
 
+def _maps(G, C, images: torch.Tensor, methods, inversion, steps: int, init, tuning) -> dict[str, torch.Tensor]:
+    """{method: [B,C,H,W] CPU map}; with ``tuning``, through a copy of ``G`` tuned on each image
+    (as the evaluation's shared explanations are), so that both models of the comparison are
+    explained the same way."""
+    if tuning is None:
+        return attribution_maps(G, C, images, methods, inversion=inversion, ig_steps=steps, lig_steps=steps, init=init)
+    from medxgan.explain import explain_images
+
+    explanations = explain_images(G, C, images, methods=methods, inversion=inversion, lig_steps=steps, ig_steps=steps,
+                                  init=init, first_index=0, tuning=tuning)
+    return {m: torch.stack([e.maps[m] for e in explanations]).to("cpu", torch.float32) for m in methods}
+
+
 def _data_randomisation(ctx, images: torch.Tensor, masks: torch.Tensor) -> tuple[dict, Table, list[str]]:
     """Part (b): train C and G on shuffled labels and score their maps against the lesion masks."""
     from medxgan.training.classifier import binary_metrics, predict_proba
@@ -113,11 +126,10 @@ def _data_randomisation(ctx, images: torch.Tensor, masks: torch.Tensor) -> tuple
     device = next(ctx.C.parameters()).device
     steps = 8 if ctx.quick else 32
     methods = list(LOCALISING_METHODS)
-    shuffled_maps = attribution_maps(G_shuffled, C_shuffled, images.to(device), methods, inversion=fresh_model_inversion(ctx),
-                                     ig_steps=steps, lig_steps=steps)
+    shuffled_maps = _maps(G_shuffled, C_shuffled, images.to(device), methods, fresh_model_inversion(ctx), steps, None, ctx.tuning)
     missing = [m for m in methods if m not in ctx.methods]
-    trained_maps = attribution_maps(ctx.G, ctx.C, images.to(device), missing, inversion=evaluation_inversion(ctx),
-                                    ig_steps=steps, lig_steps=steps, init=ctx.inversion_start(images.to(device))) if missing else {}
+    trained_maps = _maps(ctx.G, ctx.C, images.to(device), missing, evaluation_inversion(ctx), steps,
+                         ctx.inversion_start(images.to(device)), ctx.tuning) if missing else {}
     for m in methods:
         if m not in trained_maps:
             trained_maps[m] = ctx.maps(m)[: len(images)]
