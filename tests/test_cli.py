@@ -428,3 +428,24 @@ def test_an_error_met_on_one_torchrun_rank_is_said(tmp_path, monkeypatch, capsys
     rc = main(["explain", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "x.png"])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and err.startswith("medxgan: error (rank 1):") and "missing" in err and len(err.splitlines()) == 1
+
+
+def test_paper_inversion_keeps_the_seed(tmp_path, demo_run, monkeypatch, capsys):
+    """--paper-inversion swaps in the paper's optimiser settings but still draws its start from --seed."""
+    import medxgan.explain as explain_pkg
+    from medxgan.errors import MedxganError
+
+    out, _ = demo_run
+    seen = []
+
+    def capture(*args, inversion=None, **kw):
+        seen.append(inversion)
+        raise MedxganError("captured")
+
+    monkeypatch.setattr(explain_pkg, "explain_images", capture)
+    pos = sorted((out / "phantoms/positive").glob("*.png"))[:1]
+    for seed in (0, 3):
+        rc = main(["explain", *map(str, pos), "--model", str(out / "medxgan"), "--out", str(tmp_path / f"p{seed}"),
+                   "--paper-inversion", "--seed", str(seed), "--methods", "difference", "--no-progress", "--device", "cpu"])
+        assert rc != 0 and "captured" in capsys.readouterr().err
+    assert [(c.steps, c.restarts, c.seed) for c in seen] == [(10_000, 1, 0), (10_000, 1, 3)]

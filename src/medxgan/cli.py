@@ -473,7 +473,7 @@ def cmd_explain(args) -> int:
                                                                             "warmup_steps", "warmup_lr")):
         raise MedxganError("--neg-weight / --change-weight / --anchor-weight / --warmup-* and --paper-inversion exclude each other "
                            "(the paper inverts with Eq. 5 alone)")
-    inversion = (InversionConfig.paper() if args.paper_inversion
+    inversion = (dataclasses.replace(InversionConfig.paper(), seed=args.seed) if args.paper_inversion
                  else InversionConfig(steps=steps, restarts=restarts, seed=args.seed, **_inversion_terms(args)))
 
     names = source.names
