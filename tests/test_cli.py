@@ -121,7 +121,12 @@ def test_user_errors_are_one_line(tmp_path, demo_run):
     rc, _, err = run_cli("explain", "--model", out / "medxgan", "--out", tmp_path / "e8", "--paper-inversion",
                          "--warmup-steps", "10", out / "phantoms")
     assert_one_line_error(rc, err, "--paper-inversion")
-    assert not any((tmp_path / e).exists() for e in ("e4", "e5", "e6", "e7", "e8"))
+    rc, _, err = run_cli("explain", "--model", out / "medxgan", "--out", tmp_path / "e9", "--ensemble", "0", out / "phantoms")
+    assert_one_line_error(rc, err, "--ensemble")
+    rc, _, err = run_cli("explain", "--model", out / "medxgan", "--out", tmp_path / "e10", "--ensemble", "2", "--encoder",
+                         out / "phantoms")
+    assert_one_line_error(rc, err, "--ensemble", "--restarts 2")
+    assert not any((tmp_path / e).exists() for e in ("e4", "e5", "e6", "e7", "e8", "e9", "e10"))
 
 
 def test_cache_dir_decodes_a_folder_once(tmp_path, monkeypatch):
@@ -449,3 +454,20 @@ def test_paper_inversion_keeps_the_seed(tmp_path, demo_run, monkeypatch, capsys)
                    "--paper-inversion", "--seed", str(seed), "--methods", "difference", "--no-progress", "--device", "cpu"])
         assert rc != 0 and "captured" in capsys.readouterr().err
     assert [(c.steps, c.restarts, c.seed) for c in seen] == [(10_000, 1, 0), (10_000, 1, 3)]
+
+
+def test_explain_ensemble_end_to_end(demo_run, tmp_path):
+    """--ensemble 2: agreement per image in the JSON, the summary and the report; the run's settings
+    include it, so a run without it cannot resume into the same folder."""
+    out, _ = demo_run
+    pos = sorted((out / "phantoms/positive").glob("*.png"))[:2]
+    args = [*pos, "--model", out / "medxgan", "--out", tmp_path / "ens", "--steps", "10", "--restarts", "1",
+            "--lig-steps", "2", "--methods", "difference,lig", "--no-progress", "--device", "cpu"]
+    rc, so, se = run_cli("explain", *args, "--ensemble", "2")
+    assert rc == 0, se
+    assert "agreement of the 2 explanations" in so
+    rows = json.loads((tmp_path / "ens/summary.json").read_text())["images"]
+    assert len(rows) == 2 and all(r["members"] == 2 and -1 <= r["agreement"] <= 1 for r in rows)
+    assert ">Agreement</th>" in (tmp_path / "ens/report.html").read_text()
+    rc, _, err = run_cli("explain", *args)
+    assert_one_line_error(rc, err, "ensemble")

@@ -346,3 +346,65 @@ def test_explain_images_carries_names_and_masks():
                          lig_steps=2, names=["a.png", "b.png"], masks=masks)
     assert [e.name for e in out] == ["a.png", "b.png"]
     assert out[1].mask.sum() == 16 and not out[0].mask.any()
+
+
+# --- ensembles of explanations from independent starts ---------------------------------------
+def test_ensemble_is_the_mean_of_the_single_explanations_with_consecutive_seeds():
+    G, C = tiny_models()
+    with torch.no_grad():
+        images = G(*latents(G, n=2)) + 0.02 * torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    methods = ("difference", "lig", "ig")
+    inv = InversionConfig(steps=15, restarts=1, seed=7)
+    kw = dict(methods=methods, n_frames=4, lig_steps=4, ig_steps=4, first_index=3, names=["a", "b"])
+    single = [explain_images(G, C, images, inversion=InversionConfig(steps=15, restarts=1, seed=s), **kw) for s in (7, 8)]
+    both = explain_images(G, C, images, inversion=inv, ensemble=2, **kw)
+    assert not torch.equal(single[0][0].z1, single[1][0].z1)  # the members really started elsewhere
+    for b, e in enumerate(both):
+        members = [single[0][b], single[1][b]]
+        assert e.members == 2 and e.name == members[0].name
+        for k in methods:
+            assert torch.allclose(e.maps[k], (members[0].maps[k] + members[1].maps[k]) / 2, atol=1e-6)
+        best = max((0, 1), key=lambda k: (members[k].quality["ssim"], -k))
+        assert e.quality["member"] == best and torch.equal(e.z1, members[best].z1)
+        assert torch.equal(e.negative, members[best].negative) and e.prob_negative == members[best].prob_negative
+        assert e.quality["ssim_members_min"] == min(m.quality["ssim"] for m in members)
+        d0, d1 = ((m.reconstruction - m.negative).abs().reshape(-1).double().numpy() for m in members)
+        import numpy as np
+
+        assert e.agreement == pytest.approx(float(np.corrcoef(d0, d1)[0, 1]), abs=1e-9)
+        assert e.completeness["lig"] == pytest.approx((members[0].completeness["lig"] + members[1].completeness["lig"]) / 2)
+    with pytest.raises(ValueError, match="ensemble"):
+        explain_images(G, C, images, inversion=inv, ensemble=0, **kw)
+
+
+def test_combine_keeps_the_shared_change_and_damps_the_others():
+    """Two explanations that both change the lesion, each also making its own stronger change
+    elsewhere: each alone points outside the lesion, their mean points into it."""
+    from medxgan.explain import Explanation, combine_explanations
+
+    def member(spot, ssim):
+        image = torch.zeros(1, 8, 8)
+        negative = image.clone()
+        negative[0, 2:4, 2:4] -= 0.6  # the lesion: removed by every member
+        negative[0, spot[0], spot[1]] -= 1.0  # a change only this member makes
+        diff = (image - negative).abs()
+        return Explanation(image=image, reconstruction=image, negative=negative, frames=torch.stack([negative, image]),
+                           frame_probs=torch.tensor([0.05, 0.9]), alphas=torch.tensor([0.0, 1.0]), monotone=True,
+                           prob_image=0.9, prob_reconstruction=0.9, prob_negative=0.05,
+                           quality={"ssim": ssim}, maps={"difference": diff}, accumulated=diff,
+                           z1=torch.zeros(2), z2=torch.ones(2), completeness={}, name="x")
+
+    a, b = member((6, 6), 0.8), member((6, 1), 0.9)
+    for e in (a, b):
+        assert not (2 <= int(e.maps["difference"].argmax()) // 8 < 4)
+    (c,) = combine_explanations([[a], [b]])
+    j = int(c.maps["difference"].argmax())
+    assert 2 <= j // 8 < 4 and 2 <= j % 8 < 4
+    assert c.quality["member"] == 1 and torch.equal(c.negative, b.negative) and c.members == 2
+    assert 0 < c.agreement < 1
+    (same,) = combine_explanations([[a], [a]])
+    assert same.agreement == pytest.approx(1.0) and torch.equal(same.maps["difference"], a.maps["difference"])
+    with pytest.raises(ValueError, match="same images"):
+        combine_explanations([[a], [a, b]])
+    with pytest.raises(ValueError, match="disagree"):
+        combine_explanations([[a], [Explanation(**{**a.__dict__, "name": "y"})]])

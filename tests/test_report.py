@@ -211,6 +211,27 @@ def test_render_html_minimal_objects():
     assert 'class="summary-row"' not in render_html([])
 
 
+def test_ensemble_agreement_in_table_panels_and_json(tmp_path):
+    """An ensemble's agreement gets a summary column, a header figure and its JSON field; its maps
+    say they are a mean. A single explanation's report has none of these."""
+    single = fake_explanation("one.png", seed=1)
+    assert "Agreement" not in render_html([single]) and "mean of" not in render_html([single])
+    pair = [fake_explanation(f"e{i}.png", seed=i) for i in range(2)]
+    for e, r in zip(pair, (0.912, 0.347)):
+        e.members, e.agreement = 2, r
+    html = render_html(pair)
+    assert "<th" in html and ">Agreement</th>" in html
+    assert '<td class="num">0.912</td>' in html and '<td class="num">0.347</td>' in html
+    assert "agreement of 2 explanations <b>0.347</b>" in html and "mean of 2 explanations" in html
+    write_explanations(pair, tmp_path / "rep")
+    (path,) = (tmp_path / "rep/json").glob("e1*.json")
+    row = json.loads(path.read_text())
+    assert row["members"] == 2 and row["agreement"] == pytest.approx(0.347)
+    from medxgan.report import read_image_row
+
+    assert read_image_row(tmp_path / "rep", row["safe_name"])["agreement"] == pytest.approx(0.347)
+
+
 def test_large_images_are_downscaled_in_page(tmp_path):
     e = fake_explanation("big", size=320, k=2, mask=False)
     e.maps = {"difference": e.maps["difference"]}

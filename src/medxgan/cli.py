@@ -415,6 +415,8 @@ def _explain_settings(args, dcfg, inversion, methods, use_encoder: bool, tuning=
                            "with_mask": args.with_mask}}
     if tuning is not None:  # runs without tuning keep the fingerprint they had before it existed
         settings["tuning"] = dc.asdict(tuning)
+    if args.ensemble > 1:  # likewise runs without an ensemble
+        settings["ensemble"] = args.ensemble
     return settings
 
 
@@ -440,6 +442,8 @@ def cmd_explain(args) -> int:
         raise MedxganError("explain needs --model RUN and --out DIR")
     if args.batch_size < 1 or args.report_details < 0:
         raise MedxganError("--batch-size must be positive and --report-details non-negative")
+    if args.ensemble < 1:
+        raise MedxganError(f"--ensemble must be at least 1, got {args.ensemble}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in list_explainers()]
     if unknown:
@@ -461,6 +465,9 @@ def cmd_explain(args) -> int:
     E = None
     if args.encoder and args.paper_inversion:
         raise MedxganError("--encoder and --paper-inversion exclude each other (the paper starts from random latents)")
+    if args.ensemble > 1 and args.encoder and (args.restarts or 1) < 2:
+        raise MedxganError("--ensemble with --encoder needs --restarts 2 or more: from the encoder's single start "
+                           "every member would find the same explanation")
     if args.encoder and not (Path(args.model) / ENCODER_FILE).exists():
         raise MedxganError(f"{args.model}: no {ENCODER_FILE}; train one with `medxgan train-encoder --model {args.model} --data DIR`")
     if args.encoder:
@@ -513,7 +520,7 @@ def cmd_explain(args) -> int:
             explanations = explain_images(G, C, batch.images[sl], methods=methods, inversion=inversion, n_frames=args.frames,
                                           lig_steps=args.lig_steps, target=args.target, names=[names[i] for i in run],
                                           masks=batch.masks[sl] if batch.masks is not None else None,
-                                          first_index=run[0], init=init, tuning=tuning)
+                                          first_index=run[0], init=init, tuning=tuning, ensemble=args.ensemble)
             for i, explanation in zip(run, explanations):
                 write_image_outputs(explanation, out, safes[i], position=i + 1 if i < args.report_details else None)
                 done.add(i)
@@ -537,7 +544,9 @@ def cmd_explain(args) -> int:
             f"{'encoder start + ' if E is not None else ''}"
             + (f"{inversion.warmup_steps} pixel warm-up steps + " if inversion.warmup_steps else "")
             + f"{inversion.steps} steps x {inversion.restarts} start(s)"
-            + (f" + {tuning.steps} generator-tuning steps per image" if tuning is not None else ""),
+            + (f" + {tuning.steps} generator-tuning steps per image" if tuning is not None else "")
+            + (f"; maps: mean of {args.ensemble} such explanations (seeds {args.seed} to {args.seed + args.ensemble - 1})"
+               if args.ensemble > 1 else ""),
             "target": args.target}
     # detailed panels were written for the images at job positions < --report-details: a prefix of the rows
     first_names = set(names[:args.report_details])
@@ -549,6 +558,13 @@ def cmd_explain(args) -> int:
     print(f"explained {len(rows)} images" + (f" ({len(rows) - n_explained} done by the earlier run)" if manifest.resumed else "")
           + f": mean reconstruction SSIM {ssim:.3f}, negative realization P<0.1 for {neg}/{len(rows)}, monotone interpolation {mono}/{len(rows)}"
           + (f"; skipped {n_skipped} unreadable" if n_skipped else ""))
+    if args.ensemble > 1:
+        agree = sorted(r["agreement"] for r in rows if r.get("agreement") is not None)
+        if agree:
+            import statistics
+
+            print(f"agreement of the {args.ensemble} explanations per image (correlation of their difference maps): "
+                  f"median {statistics.median(agree):.3f}, lowest {agree[0]:.3f}")
     print(f"report: {report}")
     return 0
 
@@ -948,6 +964,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "made with the same settings is continued anyway (finished images skipped); other settings are refused")
     p.add_argument("--report-details", type=int, default=100, metavar="N",
                    help="detailed panels in report.html for the first N images; all are in its summary table (default 100)")
+    p.add_argument("--ensemble", type=int, default=1, metavar="K",
+                   help="explain every image K times from independent random starts (inversion seeds --seed ... "
+                        "--seed + K-1, each with its own tuned generator) and show the mean of their maps, with "
+                        "their agreement (K times the cost; default 1; README, 'Ensembles')")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--title", default="medXGAN report")
     p.add_argument("--masks", help="folder of lesion masks named like the images")

@@ -269,6 +269,8 @@ class _Prepared:
     completeness: dict
     monotone: bool | None
     has_mask: bool
+    members: int = 1
+    agreement: float | None = None
     panels: list[_Panel] = field(default_factory=list)
     frames_png: list[bytes] = field(default_factory=list)
     frames_html: list[bytes] = field(default_factory=list)
@@ -292,6 +294,8 @@ class _Prepared:
             "delta_prob": _float(q.get("delta_prob")),
             "monotone": self.monotone,
             "has_mask": self.has_mask,
+            "members": self.members,
+            "agreement": self.agreement,
             "section": f"#img-{self.safe}",
             "json": f"json/{self.safe}.json",
         }
@@ -326,6 +330,8 @@ def _prepare_one(e, safe: str) -> _Prepared:
         monotone=None if monotone is None else bool(monotone),
         has_mask=boundary is not None,
         small=max(H, W) <= 128,
+        members=int(getattr(e, "members", 1) or 1),
+        agreement=_float(getattr(e, "agreement", None)),
     )
 
     def add(key, title, subtitle, rgb, scale=None, shared=False):
@@ -355,6 +361,8 @@ def _prepare_one(e, safe: str) -> _Prepared:
         shared = m in SHARED_SCALE_METHODS
         s = shared_scale if shared else _robust_max([h])
         title, subtitle = METHOD_LABELS.get(m, (m, "attribution map"))
+        if p.members > 1:
+            subtitle += f" \u00b7 mean of {p.members} explanations"
         add(_method_key(m), title, subtitle, _with_outline(_overlay(gray, h / s), boundary), s, shared)
 
     frames = _np(getattr(e, "frames", None))
@@ -571,7 +579,9 @@ def _section(p: _Prepared, i: int, links: bool, cbar_uri: str) -> str:
                f'<h2>{i}. {_E(p.name)}</h2>'
                f'<span class="probs">P(image) <b>{_fmt(p.probs["image"])}</b> \u00b7 '
                f'P(reconstruction) <b>{_fmt(p.probs["reconstruction"])}</b> \u00b7 '
-               f'P(negative) <b>{_fmt(p.probs["negative"])}</b> \u00b7 monotone path {_badge(p.monotone)}</span>'
+               f'P(negative) <b>{_fmt(p.probs["negative"])}</b> \u00b7 monotone path {_badge(p.monotone)}'
+               + (f' \u00b7 agreement of {p.members} explanations <b>{_fmt(p.agreement)}</b>' if p.members > 1 else "")
+               + '</span>'
                '<a class="top-link" href="#summary">\u2191 summary</a></div>')
 
     images = [q for q in p.panels if q.scale is None]
@@ -656,6 +666,7 @@ def _render_page(rows: list[dict], sections: list[str], title: str, model_info: 
     detailed ``sections`` (HTML fragments) of the first ``len(sections)`` rows. Rows without a
     section link to their per-image JSON file instead of an anchor."""
     table_rows = []
+    ensemble = any((r.get("members") or 1) > 1 for r in rows)
     for i, r in enumerate(rows, 1):
         name, safe = str(r.get("name", "")), str(r.get("safe_name", ""))
         href = f"#img-{safe}" if i <= len(sections) else r.get("json", f"json/{quote(safe)}.json")
@@ -666,11 +677,14 @@ def _render_page(rows: list[dict], sections: list[str], title: str, model_info: 
             f'<td class="num">{_fmt(r.get("prob_image"))}</td><td class="num">{_fmt(r.get("prob_reconstruction"))}</td>'
             f'<td class="num">{_fmt(r.get("prob_negative"))}</td><td class="num">{_fmt(r.get("ssim"))}</td>'
             f'<td class="num">{_fmt(r.get("psnr"), ".2f")}</td><td>{_badge(None if monotone is None else bool(monotone))}</td>'
-            f'<td>{"yes" if r.get("has_mask") else ""}</td></tr>')
+            f'<td>{"yes" if r.get("has_mask") else ""}</td>'
+            + (f'<td class="num">{_fmt(r.get("agreement"))}</td>' if ensemble else "") + '</tr>')
     table = ('<table class="summary"><thead><tr><th class="num">#</th><th>Image</th>'
              '<th class="num">P(image)</th><th class="num">P(recon)</th><th class="num">P(negative)</th>'
              '<th class="num">SSIM</th><th class="num">PSNR (dB)</th><th>Monotone</th><th>Lesion mask</th>'
-             f'</tr></thead><tbody>{"".join(table_rows)}</tbody></table>')
+             + ('<th class="num" title="mean correlation of the difference maps of the explanations averaged">'
+                'Agreement</th>' if ensemble else "")
+             + f'</tr></thead><tbody>{"".join(table_rows)}</tbody></table>')
     if not rows:
         table += '<p class="notice">No images were explained.</p>'
     if note:
@@ -694,7 +708,12 @@ def _render_page(rows: list[dict], sections: list[str], title: str, model_info: 
         "intensities are directly comparable; |Difference|, Accumulated change, Grad-CAM and other maps are "
         "scaled on their own. "
         "Cyan pixels (where shown) outline the ground-truth lesion mask. "
-        "<b>Research use only; not a diagnostic device.</b></div>")
+        + ("<b>Ensemble:</b> each image was explained several times from independent random starts; its maps "
+           "are the mean of those explanations, its images and probabilities come from the one that reproduces "
+           "the image best, and <b>agreement</b> is the mean correlation of their |Difference| maps (1 = the "
+           "same change). A low agreement means the explanation depends on where the inversion started: read "
+           "that image's maps with care. " if ensemble else "")
+        + "<b>Research use only; not a diagnostic device.</b></div>")
 
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -815,7 +834,7 @@ def read_image_row(out_dir, safe_name: str) -> dict | None:
     except (OSError, ValueError):
         return None
     keys = ("name", "safe_name", "prob_image", "prob_reconstruction", "prob_negative", "ssim", "psnr", "mse",
-            "delta_prob", "monotone", "has_mask", "section", "json")
+            "delta_prob", "monotone", "has_mask", "members", "agreement", "section", "json")
     return {k: data.get(k) for k in keys} if isinstance(data, dict) else None
 
 

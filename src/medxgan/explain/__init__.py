@@ -5,7 +5,8 @@
   Latent Integrated Gradients (Eq. 7) and its exact path-integral variant;
 * :mod:`~medxgan.explain.attribution` — Grad-CAM and Integrated Gradients through Captum;
 * :mod:`~medxgan.explain.registry` — the ``Explainer`` interface and the name registry;
-* :mod:`~medxgan.explain.pipeline` — ``explain_images``: one inversion, every method.
+* :mod:`~medxgan.explain.pipeline` — ``explain_images``: one inversion, every method;
+  ``combine_explanations``: several explanations of an image from independent starts, as one.
 """
 
 from medxgan.explain.attribution import grad_cam, integrated_gradients
@@ -23,7 +24,7 @@ from medxgan.explain.latent import (
     path_endpoints,
     quadrature,
 )
-from medxgan.explain.pipeline import DEFAULT_METHODS, Explanation, explain_images
+from medxgan.explain.pipeline import DEFAULT_METHODS, Explanation, combine_explanations, explain_images
 from medxgan.explain.registry import EXPLAINERS, Explainer, get_explainer, list_explainers, register_explainer
 from medxgan.explain.targets import PositiveLogit, PositiveProbability, Target, TargetScore, resolve_target
 
@@ -39,6 +40,7 @@ __all__ = [
     "Target",
     "TargetScore",
     "accumulated_difference",
+    "combine_explanations",
     "completeness_error",
     "difference_maps",
     "explain_images",

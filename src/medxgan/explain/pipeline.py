@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Sequence
 
 import torch
 
@@ -37,6 +38,8 @@ class Explanation:
     completeness: dict[str, float] = field(default_factory=dict)  # "lig"/"lig_path" -> |sum - Δf|
     name: str = ""  # where the image came from (file name), shown in the report
     mask: torch.Tensor | None = None  # [1,H,W] bool ground-truth lesion, outlined on every map
+    members: int = 1  # explanations averaged into ``maps`` (explain_images(..., ensemble=K))
+    agreement: float | None = None  # with members > 1: mean pairwise correlation of their |difference|
 
 
 def _cpu(t: torch.Tensor) -> torch.Tensor:
@@ -66,7 +69,8 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
                    target: "str | Target" = "logit", progress: bool = False, path_steps: int = 128,
                    ig_steps: int = 32, internal_batch_size: int = 64, init=None,
                    names: list[str] | None = None, masks: torch.Tensor | None = None,
-                   first_index: int | None = None, tuning: TuningConfig | None = None) -> list[Explanation]:
+                   first_index: int | None = None, tuning: TuningConfig | None = None,
+                   ensemble: int = 1) -> list[Explanation]:
     """Invert ``images`` once (Eq. 5), then run every method in ``methods`` on the shared latents.
 
     Args:
@@ -85,11 +89,24 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
             realization, interpolation and latent maps then come from its own tuned copy of G.
             ``quality`` then describes the tuned reconstruction and keeps the latent-only
             inversion's SSIM as ``ssim_latent``.
+        ensemble: explain every image this many times, member k inverting with seed
+            ``inversion.seed + k`` (its own random starts, hence its own tuned generator), and
+            combine them with :func:`combine_explanations`: the maps are the members' mean and
+            ``agreement`` says how alike the members' difference maps are. K times the cost.
 
     Returns:
         One :class:`Explanation` per image. ``completeness`` holds |sum(attr) - Δf| for "lig" and
         "lig_path" when they were computed (Δf = f(G(z1,z2)) - f(G(z1,neg)) for the chosen target).
     """
+    if ensemble < 1:
+        raise ValueError(f"ensemble must be at least 1, got {ensemble}")
+    if ensemble > 1:  # member k is exactly the single explanation with inversion seed + k
+        members = [explain_images(G, C, images, methods=methods, inversion=replace(inversion, seed=inversion.seed + k),
+                                  n_frames=n_frames, lig_steps=lig_steps, target=target, progress=progress,
+                                  path_steps=path_steps, ig_steps=ig_steps, internal_batch_size=internal_batch_size,
+                                  init=init, names=names, masks=masks, first_index=first_index, tuning=tuning)
+                   for k in range(ensemble)]
+        return combine_explanations(members)
     device = next(C.parameters()).device
     images = images.to(device, torch.float32)
     target = resolve_target(target)
@@ -149,4 +166,59 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
     return out
 
 
-__all__ = ["DEFAULT_METHODS", "Explanation", "explain_images"]
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.reshape(-1).double(), b.reshape(-1).double()
+    a, b = a - a.mean(), b - b.mean()
+    denom = float(a.norm() * b.norm())
+    return float((a @ b) / denom) if denom > 0 else (1.0 if torch.equal(a, b) else 0.0)
+
+
+def combine_explanations(members: Sequence[Sequence[Explanation]]) -> list[Explanation]:
+    """One explanation per image from K explanations of the same images, made from independent
+    random starts (``members[k][b]``: member k's explanation of image b).
+
+    Where the inversion can settle in different places, the change each member's negative
+    realization makes differs too; a change every member makes is what the classifier needs for
+    this image, one that only some make depends on the start. So:
+
+    * every map (and the accumulated difference) is the members' mean: a change shared by all
+      keeps its strength, one made by a single member is divided by K;
+    * ``agreement`` is the mean over member pairs of the Pearson correlation of their
+      |G(z1, z2) - G(z1, 0)| maps (1 = the same change; docs/RESULTS.md relates it to how often
+      the map finds the lesion);
+    * the images, probabilities, interpolation, latents and quality shown are those of the member
+      that reproduces the image best (highest SSIM; the first on ties), with ``quality["member"]``
+      its index and ``quality["ssim_members_min"]`` the worst member's SSIM;
+    * ``completeness`` is the members' mean error, an upper bound on the mean map's
+      |Σ mean map − mean Δf|.
+    """
+    members = [list(m) for m in members]
+    if not members:
+        raise ValueError("combine_explanations needs at least one member")
+    n = len(members[0])
+    if any(len(m) != n for m in members):
+        raise ValueError("every member must explain the same images")
+    K = len(members)
+    out = []
+    for b in range(n):
+        ms = [m[b] for m in members]
+        if any(e.name != ms[0].name or e.image.shape != ms[0].image.shape for e in ms):
+            raise ValueError(f"members disagree on image {b} ({ms[0].name})")
+        ssims = [float(e.quality.get("ssim", float("nan"))) for e in ms]
+        best = max(range(K), key=lambda k: (ssims[k] if ssims[k] == ssims[k] else float("-inf"), -k))
+        diffs = [(e.reconstruction - e.negative).abs() for e in ms]
+        pairs = [_pearson(diffs[i], diffs[j]) for i in range(K) for j in range(i + 1, K)]
+        rep = ms[best]
+        out.append(replace(
+            rep,
+            maps={k: torch.stack([e.maps[k] for e in ms]).mean(0) for k in rep.maps},
+            accumulated=torch.stack([e.accumulated for e in ms]).mean(0),
+            completeness={k: sum(e.completeness[k] for e in ms) / K for k in rep.completeness},
+            quality={**rep.quality, "member": best, "ssim_members_min": min(ssims)},
+            members=K * rep.members,
+            agreement=sum(pairs) / len(pairs) if pairs else rep.agreement,
+        ))
+    return out
+
+
+__all__ = ["DEFAULT_METHODS", "Explanation", "combine_explanations", "explain_images"]
