@@ -1,6 +1,11 @@
 """The explanation issue's acceptance numbers, read from a finished `medxgan explain` run.
 
-    python bench/explain_acceptance.py --explain OUT [--phantoms DIR --phantom-seed 0] [--json F]
+    python bench/explain_acceptance.py --explain OUT [OUT2 ...] [--phantoms DIR --phantom-seed 0] [--json F]
+
+Several runs of the same images made with consecutive ``--seed`` values are scored as their
+ensemble: combined with ``medxgan.explain.combine_explanations``, exactly as ``medxgan explain
+--ensemble K`` combines its members (member k of ``--seed S --ensemble K`` is the plain run with
+``--seed S+k``), plus the members' agreement and the pointing game above and below its median.
 
 From ``OUT/summary.json`` and ``OUT/raw/*.npz`` (written by ``medxgan explain``, any inversion
 settings): mean reconstruction SSIM, the share of negative realizations with P(positive) < 0.1,
@@ -65,6 +70,43 @@ def load_run(explain_dir: Path):
     return records, raw
 
 
+def _explanation(record: dict, arrays: dict):
+    """An :class:`~medxgan.explain.Explanation` rebuilt from an image's JSON and npz."""
+    from medxgan.explain import Explanation
+
+    t = lambda k: torch.from_numpy(np.asarray(arrays[k], dtype=np.float32))  # noqa: E731
+    maps = {k[4:]: t(k) for k in arrays if k.startswith("map_") and k != "map_accumulated"}
+    return Explanation(image=t("image"), reconstruction=t("reconstruction"), negative=t("negative"), frames=t("frames"),
+                       frame_probs=t("frame_probs"), alphas=t("alphas"), monotone=bool(record["monotone"]),
+                       prob_image=record["prob_image"], prob_reconstruction=record["prob_reconstruction"],
+                       prob_negative=record["prob_negative"], quality=dict(record["quality"]), maps=maps,
+                       accumulated=t("map_accumulated"), z1=t("z1"), z2=t("z2"),
+                       completeness=dict(record.get("completeness") or {}), name=record["name"],
+                       mask=torch.from_numpy(arrays["mask"]) if "mask" in arrays else None)
+
+
+def load_ensemble(explain_dirs: list[Path]):
+    """(records, raw) like :func:`load_run`, for the ensemble of several runs of the same images."""
+    from medxgan.explain import combine_explanations
+
+    runs = [load_run(d) for d in explain_dirs]
+    names = [r["name"] for r in runs[0][0]]
+    for d, (recs, _) in zip(explain_dirs[1:], runs[1:]):
+        if [r["name"] for r in recs] != names:
+            raise MedxganError(f"{d}: explains other images than {explain_dirs[0]}; an ensemble needs the same ones")
+    members = [[_explanation(json.loads((d / r["json"]).read_text()), raw[r["safe_name"]]) for r in recs]
+               for d, (recs, raw) in zip(explain_dirs, runs)]
+    records, raw = [], {}
+    for r, e in zip(runs[0][0], combine_explanations(members)):
+        records.append({**r, "ssim": e.quality["ssim"], "prob_negative": e.prob_negative, "monotone": e.monotone,
+                        "agreement": e.agreement})
+        raw[r["safe_name"]] = {"image": e.image.numpy(), "reconstruction": e.reconstruction.numpy(),
+                               "map_accumulated": e.accumulated.numpy(),
+                               **{f"map_{k}": v.numpy() for k, v in e.maps.items()},
+                               **({"mask": e.mask.numpy()} if e.mask is not None else {})}
+    return records, raw
+
+
 def phantom_index(name: str) -> int:
     m = re.search(r"phantom_(\d+)\.png$", name)
     if not m:
@@ -119,13 +161,15 @@ def max_places(maps: torch.Tensor, cfs) -> np.ndarray:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--explain", required=True, help="output directory of `medxgan explain`")
+    ap.add_argument("--explain", required=True, nargs="+",
+                    help="output directory of `medxgan explain`; several (same images, consecutive --seed): their ensemble")
     ap.add_argument("--phantoms", help="the phantom dataset the images came from (enables the noise-free numbers)")
     ap.add_argument("--phantom-seed", type=int, default=0)
     ap.add_argument("--json", help="where to write the numbers (default: bench-explain-acceptance.json)")
     args = ap.parse_args(argv)
-    explain_dir = Path(args.explain)
-    records, raw = load_run(explain_dir)
+    explain_dirs = [Path(d) for d in args.explain]
+    explain_dir = explain_dirs[0]
+    records, raw = load_run(explain_dir) if len(explain_dirs) == 1 else load_ensemble(explain_dirs)
     if not records:
         raise MedxganError(f"{explain_dir}: the run explained no image")
 
@@ -175,6 +219,18 @@ def main(argv=None) -> int:
             result["localisation"][method] = {"pointing_game": pg, "auprc": auprc}
             if cfs is not None:
                 result["localisation"][method]["max_places"] = _shares(max_places(maps, cfs))
+            if method == "difference" and masked[0].get("agreement") is not None:
+                agreement = np.array([r["agreement"] for r in masked])
+                hits, cut = np.asarray(scores["pointing_game"], dtype=float), float(np.median(agreement))
+                result["agreement"] = {"median": cut, "min": float(agreement.min()),
+                                       "pointing_game_at_or_above_median": float(hits[agreement >= cut].mean()),
+                                       "pointing_game_below_median": float(hits[agreement < cut].mean())
+                                       if (agreement < cut).any() else None}
+                rows.append([f"agreement of the {len(explain_dirs)} explanations (median, lowest)",
+                             f"{cut:.3f}, {agreement.min():.3f}", "—"])
+                rows.append(["pointing game, difference, agreement ≥ median / below",
+                             f"{hits[agreement >= cut].mean():.2f} / "
+                             + (f"{hits[agreement < cut].mean():.2f}" if (agreement < cut).any() else "—"), "—"])
             rows.append([f"pointing game / AUPRC, {method}", f"{pg:.2f} / {auprc:.2f}",
                          "pointing game ≥ 0.90" if method == "difference" else ("LIG > IG" if method in ("lig", "ig") else "—")])
 
@@ -186,7 +242,7 @@ def main(argv=None) -> int:
         print("Where each map's largest value lies (share of images):")
         print(B.markdown(["map", *MAX_PLACES], table))
     B.write_json(args.json or "bench-explain-acceptance.json",
-                 {"command": " ".join(sys.argv), "explain": str(explain_dir), "phantoms": args.phantoms, **result})
+                 {"command": " ".join(sys.argv), "explain": [str(d) for d in explain_dirs], "phantoms": args.phantoms, **result})
     return 0
 
 

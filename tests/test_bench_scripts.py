@@ -1,11 +1,13 @@
 """The acceptance script of the explanation issue on the quick demo's report (tiny, CPU)."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -38,6 +40,27 @@ def test_explain_acceptance_on_the_quick_demo(demo_run, tmp_path):
                            "--phantoms", str(run / "phantoms"), "--phantom-seed", "7", "--json", str(tmp_path / "x.json")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "phantom seed 7" in proc.stderr and "Traceback" not in proc.stderr
+
+    # a run twice is an ensemble of two identical members: agreement 1, the same scores
+    proc = subprocess.run([sys.executable, str(BENCH / "explain_acceptance.py"), "--explain", str(run / "report"),
+                           str(run / "report"), "--json", str(tmp_path / "twice.json")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    twice = json.loads((tmp_path / "twice.json").read_text())
+    assert twice["agreement"]["median"] == pytest.approx(1.0) and twice["agreement"]["pointing_game_below_median"] is None
+    assert twice["ssim_mean"] == pytest.approx(got["ssim_mean"])
+    for m, scores in twice["localisation"].items():
+        assert scores["pointing_game"] == got["localisation"][m]["pointing_game"]
+        assert scores["auprc"] == pytest.approx(got["localisation"][m]["auprc"], abs=1e-9)
+    # members must explain the same images
+    other = tmp_path / "other"
+    shutil.copytree(run / "report", other)
+    summary_file = other / "summary.json"
+    data = json.loads(summary_file.read_text())
+    data["images"] = data["images"][:-1]
+    summary_file.write_text(json.dumps(data))
+    proc = subprocess.run([sys.executable, str(BENCH / "explain_acceptance.py"), "--explain", str(run / "report"),
+                           str(other), "--json", str(tmp_path / "bad.json")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "same ones" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_inversion_benchmark_batches_ours_apart_from_the_paper_protocol(demo_run, tmp_path):
