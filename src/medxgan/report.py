@@ -301,6 +301,13 @@ class _Prepared:
         }
 
 
+def _depends_on_generator(method: str) -> bool:
+    """Whether a map comes from the generator (so differs between an ensemble's members)."""
+    from medxgan.explain.registry import EXPLAINERS
+
+    return method == "accumulated" or (method in EXPLAINERS and EXPLAINERS[method].uses_latents)
+
+
 def _prepare_one(e, safe: str) -> _Prepared:
     name = str(getattr(e, "name", safe))
     image = _np(e.image)
@@ -361,7 +368,7 @@ def _prepare_one(e, safe: str) -> _Prepared:
         shared = m in SHARED_SCALE_METHODS
         s = shared_scale if shared else _robust_max([h])
         title, subtitle = METHOD_LABELS.get(m, (m, "attribution map"))
-        if p.members > 1:
+        if p.members > 1 and _depends_on_generator(m):  # the classifier-only maps are the same in every member
             subtitle += f" \u00b7 mean of {p.members} explanations"
         add(_method_key(m), title, subtitle, _with_outline(_overlay(gray, h / s), boundary), s, shared)
 
