@@ -573,8 +573,8 @@ def _quality_fmt(k, v):
         return _fmt(v, ".2f", " dB")
     if k == "mse":
         return _fmt(v, ".5f")
-    if v is not None and float(v).is_integer() and abs(v) >= 1:
-        return f"{int(v)}"  # counts such as steps_run
+    if isinstance(v, int) or (v is not None and float(v).is_integer() and abs(v) >= 1):
+        return f"{int(v)}"  # counts such as steps_run, indices such as an ensemble's member
     return _fmt(v, ".4g") if v is not None and (abs(v) >= 1e4 or 0 < abs(v) < 1e-3) else _fmt(v, ".4f")
 
 

@@ -214,7 +214,7 @@ def combine_explanations(members: Sequence[Sequence[Explanation]]) -> list[Expla
             maps={k: torch.stack([e.maps[k] for e in ms]).mean(0) for k in rep.maps},
             accumulated=torch.stack([e.accumulated for e in ms]).mean(0),
             completeness={k: sum(e.completeness[k] for e in ms) / K for k in rep.completeness},
-            quality={**rep.quality, "member": best, "ssim_members_min": min(ssims)},
+            quality={**rep.quality, "member": best, "ssim_members_min": min((v for v in ssims if v == v), default=float("nan"))},
             members=K * rep.members,
             agreement=sum(pairs) / len(pairs) if pairs else rep.agreement,
         ))
