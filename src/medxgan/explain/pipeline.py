@@ -166,13 +166,6 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
     return out
 
 
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.reshape(-1).double(), b.reshape(-1).double()
-    a, b = a - a.mean(), b - b.mean()
-    denom = float(a.norm() * b.norm())
-    return float((a @ b) / denom) if denom > 0 else (1.0 if torch.equal(a, b) else 0.0)
-
-
 def combine_explanations(members: Sequence[Sequence[Explanation]]) -> list[Explanation]:
     """One explanation per image from K explanations of the same images, made from independent
     random starts (``members[k][b]``: member k's explanation of image b).
@@ -184,8 +177,8 @@ def combine_explanations(members: Sequence[Sequence[Explanation]]) -> list[Expla
     * every map (and the accumulated difference) is the members' mean: a change shared by all
       keeps its strength, one made by a single member is divided by K;
     * ``agreement`` is the mean over member pairs of the Pearson correlation of their
-      |G(z1, z2) - G(z1, 0)| maps (1 = the same change; docs/RESULTS.md relates it to how often
-      the map finds the lesion);
+      |G(z1, z2) - G(z1, 0)| maps (1 = the same change, NaN when a member changed nothing;
+      docs/RESULTS.md relates it to how often the map finds the lesion);
     * the images, probabilities, interpolation, latents and quality shown are those of the member
       that reproduces the image best (highest SSIM; the first on ties), with ``quality["member"]``
       its index and ``quality["ssim_members_min"]`` the worst member's SSIM;
@@ -206,8 +199,8 @@ def combine_explanations(members: Sequence[Sequence[Explanation]]) -> list[Expla
             raise ValueError(f"members disagree on image {b} ({ms[0].name})")
         ssims = [float(e.quality.get("ssim", float("nan"))) for e in ms]
         best = max(range(K), key=lambda k: (ssims[k] if ssims[k] == ssims[k] else float("-inf"), -k))
-        diffs = [(e.reconstruction - e.negative).abs() for e in ms]
-        pairs = [_pearson(diffs[i], diffs[j]) for i in range(K) for j in range(i + 1, K)]
+        diffs = torch.stack([(e.reconstruction - e.negative).abs().reshape(-1) for e in ms]).double()
+        pairs = torch.corrcoef(diffs)[tuple(torch.triu_indices(K, K, 1))]  # NaN where a member changed nothing
         rep = ms[best]
         out.append(replace(
             rep,
@@ -216,7 +209,7 @@ def combine_explanations(members: Sequence[Sequence[Explanation]]) -> list[Expla
             completeness={k: sum(e.completeness[k] for e in ms) / K for k in rep.completeness},
             quality={**rep.quality, "member": best, "ssim_members_min": min((v for v in ssims if v == v), default=float("nan"))},
             members=K * rep.members,
-            agreement=sum(pairs) / len(pairs) if pairs else rep.agreement,
+            agreement=float(pairs.mean()) if K > 1 else rep.agreement,
         ))
     return out
 
