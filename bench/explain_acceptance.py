@@ -220,7 +220,8 @@ def main(argv=None) -> int:
             if cfs is not None:
                 result["localisation"][method]["max_places"] = _shares(max_places(maps, cfs))
             if method == "difference" and masked[0].get("agreement") is not None:
-                agreement = np.array([r["agreement"] for r in masked])
+                # rounded so that members equal up to float noise (a correlation of 1 - 2e-16) tie at the median
+                agreement = np.round(np.array([r["agreement"] for r in masked], dtype=float), 9)
                 hits, cut = np.asarray(scores["pointing_game"], dtype=float), float(np.median(agreement))
                 result["agreement"] = {"median": cut, "min": float(agreement.min()),
                                        "pointing_game_at_or_above_median": float(hits[agreement >= cut].mean()),
