@@ -2,10 +2,11 @@
 ``medxgan explain`` run, so that settings can be compared without redoing the inversion.
 
     python bench/tuning_sweep.py --model RUN --explain OUT [--first 0 --n 10] [--steps 1500]
-        [--lr 1e-4 --proximity-weight 0.2 --smooth-weight 0.3 --change-weight 0] [--lig-steps 16]
-        [--threads 1] [--json F]
+        [--lr 1e-4 --proximity-weight 0.2 --smooth-weight 0.3 --change-weight 0 --neg-views 0] [--lig-steps 16]
+        [--names A,B,...] [--threads 1] [--json F]
 
-For each image of ``OUT`` (in name order, ``--first`` on, ``--n`` of them) it reads the image and
+For each image of ``OUT`` (in name order, ``--first`` on, ``--n`` of them; or the images that
+``--names`` lists, by file stem without extensions, e.g. ``positive_phantom_00017``) it reads the image and
 the inversion's latents (z1, z2) from ``OUT/raw/*.npz`` — an explain run with or without tuning
 stores the inversion's latents, which tuning keeps fixed — tunes a copy of the run's generator
 with the given ``TuningConfig``, and reports what ``bench/explain_acceptance.py`` reports for a
@@ -37,11 +38,14 @@ def main(argv=None) -> int:
     ap.add_argument("--explain", required=True, help="a finished `medxgan explain` output folder (its raw/*.npz)")
     ap.add_argument("--first", type=int, default=0, help="skip this many images (name order)")
     ap.add_argument("--n", type=int, default=10, help="images to tune")
+    ap.add_argument("--names", help="comma-separated image stems to tune instead of --first/--n "
+                    "(e.g. the misses of bench/explain_acceptance.py)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--proximity-weight", type=float, default=None)
     ap.add_argument("--smooth-weight", type=float, default=None)
     ap.add_argument("--change-weight", type=float, default=None)
+    ap.add_argument("--neg-views", type=int, default=None)
     ap.add_argument("--lig-steps", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--json", help="where to write the numbers (default: bench-tuning-sweep.json)")
@@ -56,11 +60,20 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     given = {"steps": args.steps, "lr": args.lr, "proximity_weight": args.proximity_weight,
-             "smooth_weight": args.smooth_weight, "change_weight": args.change_weight}
+             "smooth_weight": args.smooth_weight, "change_weight": args.change_weight, "neg_views": args.neg_views}
     cfg = TuningConfig(**{k: v for k, v in given.items() if v is not None})
     if args.first < 0 or args.n < 1 or args.lig_steps < 1:
         raise MedxganError("--first must be >= 0, --n and --lig-steps >= 1")
-    files = sorted((Path(args.explain) / "raw").glob("*.npz"))[args.first:args.first + args.n]
+    files = sorted((Path(args.explain) / "raw").glob("*.npz"))
+    if args.names:
+        by_stem = {f.name.split(".")[0]: f for f in files}
+        wanted = [n.strip().split(".")[0] for n in args.names.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in by_stem]
+        if unknown:
+            raise MedxganError(f"{args.explain}: no raw/*.npz for {', '.join(unknown[:5])}")
+        files = [by_stem[n] for n in wanted]
+    else:
+        files = files[args.first:args.first + args.n]
     if not files:
         raise MedxganError(f"{args.explain}: no raw/*.npz in that range (not a finished `medxgan explain` run?)")
     G, C, gmeta = load_medxgan(args.model)
@@ -85,7 +98,8 @@ def main(argv=None) -> int:
             negative, recon = path_endpoints(tuned, z1, z2)
             p_neg = float(C.positive_prob(negative))
         ssim = float(image_quality(recon, x)[2])
-        rows.append({"name": path.stem, "ssim": ssim, "prob_negative": p_neg, "seconds": seconds})
+        rows.append({"name": path.stem, "ssim": ssim, "prob_negative": p_neg, "seconds": seconds,
+                     "masked": mask is not None})
         if mask is not None:
             diffs.append((recon - negative).abs()[0])
             ligs.append(latent_integrated_gradients(tuned, C, z1, z2, n_steps=args.lig_steps)[0])
@@ -99,8 +113,11 @@ def main(argv=None) -> int:
     table = [["mean SSIM", f"{record['ssim_mean']:.3f}"], ["P(negative) < 0.1", f"{record['negative_below_0.1']:.2f}"]]
     if masks:
         m = torch.stack(masks)
+        masked = [r for r in rows if r["masked"]]
         for name, maps in (("difference", diffs), ("lig", ligs)):
             s = localisation_scores(torch.stack(maps), m)
+            for r, hit in zip(masked, s["pointing_game"]):
+                r[f"{name}_hit"] = bool(hit)
             record[f"{name}_pointing_game"] = float(np.mean(s["pointing_game"]))
             record[f"{name}_auprc"] = float(np.mean(s["auprc"]))
             table.append([f"pointing game / AUPRC, {name}",

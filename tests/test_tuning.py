@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from medxgan.errors import MedxganError
 from medxgan.explain import explain_images
 from medxgan.inversion import InversionConfig
-from medxgan.tuning import TuningConfig, total_variation, tune_generator, tuning_loss
+from medxgan.augment import classifier_augment
+from medxgan.tuning import TuningConfig, negative_term, total_variation, tune_generator, tuning_loss, tuning_settings
 from toy_models import tiny_models
 from conftest import assert_one_line_error, run_cli  # noqa: F401  (demo_run is a conftest fixture)
 
@@ -50,6 +51,45 @@ def test_loss_terms_match_their_formulas():
         expected1 = ((pos - x) ** 2).mean() - 0.7 * torch.log(q1) - 0.3 * torch.log(1 - torch.sigmoid(C.positive_logit(neg))) \
             + 0.4 * (x - neg).abs().mean() + 0.1 * tv + 0.2 * (pos - neg).abs().mean()
     assert torch.isfinite(loss1).all() and torch.allclose(loss1, expected1, atol=1e-5)
+
+
+def test_the_negative_term_over_augmented_views_is_the_mean_over_the_image_and_its_views():
+    G, C = tiny_models()
+    G.eval()
+    z1, z2 = _latents(G)
+    with torch.no_grad():
+        neg = G(z1, torch.zeros_like(z2))
+        plain = -torch.log(1 - torch.sigmoid(C.positive_logit(neg)))
+        assert torch.allclose(negative_term(C, neg), plain, atol=1e-6)
+        views = classifier_augment(neg.repeat(4, 1, 1, 1), torch.Generator().manual_seed(3))
+        assert not torch.allclose(views, neg.expand_as(views))  # the draws do change the image
+        each = -torch.log(1 - torch.sigmoid(C.positive_logit(torch.cat([neg, views]))))
+        got = negative_term(C, neg, 4, torch.Generator().manual_seed(3))
+        assert torch.allclose(got, each.mean()[None], atol=1e-6)
+        # the same views enter tuning_loss's negative term, and nothing else changes
+        x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
+        p = torch.tensor([0.9])
+        base, _, _ = tuning_loss(G, C, z1, z2, x, p, TuningConfig())
+        aug, _, _ = tuning_loss(G, C, z1, z2, x, p, TuningConfig(neg_views=4), torch.Generator().manual_seed(3))
+        assert torch.allclose(aug - base, got - plain, atol=1e-5)
+
+
+def test_augmented_views_are_seeded_and_off_by_default():
+    G, C = tiny_models()
+    G.eval()
+    z1, z2 = _latents(G)
+    x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    run = lambda **kw: _params(tune_generator(G, C, x, z1, z2, TuningConfig(steps=15, lr=2e-3, **kw)))  # noqa: E731
+    off, off_seeded = run(), run(seed=7)
+    assert all(torch.equal(a, b) for a, b in zip(off, off_seeded))  # the seed draws nothing while the views are off
+    a, b, c = run(neg_views=3), run(neg_views=3), run(neg_views=3, seed=1)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))  # same seed, same weights
+    assert not all(torch.equal(u, v) for u, v in zip(a, c))
+    assert not all(torch.equal(u, v) for u, v in zip(a, off))
+    # run fingerprints: without views, the config reads as it did before the views existed
+    assert set(tuning_settings(TuningConfig())) == {"steps", "lr", "cls_weight", "neg_weight", "proximity_weight",
+                                                      "smooth_weight", "change_weight"}
+    assert tuning_settings(TuningConfig(neg_views=8, seed=2))["neg_views"] == 8
 
 
 def test_total_variation_known_answers():
@@ -116,7 +156,7 @@ def test_tuning_refuses_batches_and_nan_and_bad_settings():
     with pytest.raises(MedxganError, match="NaN"):
         tune_generator(G, C, torch.full((1, 1, 16, 16), float("nan")), z1, z2, TuningConfig(steps=1))
     for bad in ({"steps": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"change_weight": -1.0}, {"neg_weight": float("inf")},
-                {"smooth_weight": -0.5}, {"proximity_weight": float("nan")}):
+                {"smooth_weight": -0.5}, {"proximity_weight": float("nan")}, {"neg_views": -1}, {"neg_views": 1.5}):
         with pytest.raises(MedxganError):
             TuningConfig(**bad)
 
@@ -164,10 +204,20 @@ def test_cli_explain_with_tuning(demo_run, tmp_path):
     assert_one_line_error(rc, err, "--tune-steps")
     rc, _, err = run_cli(*args, "--out", tmp_path / "e3", "--tune-steps", "5", "--tune-lr", "0")
     assert_one_line_error(rc, err, "lr")
+    rc, _, err = run_cli(*args, "--out", tmp_path / "e6", "--tune-neg-views", "2")
+    assert_one_line_error(rc, err, "--tune-steps")
+    rc, _, err = run_cli(*args, "--out", tmp_path / "e7", "--tune-steps", "5", "--tune-neg-views", "-1")
+    assert_one_line_error(rc, err, "neg_views")
+    # augmented views: recorded with their seed in the run's settings (and so in its fingerprint)
+    assert "neg_views" not in json.loads((tmp_path / "t/manifest.json").read_text())["settings"]["tuning"]
+    rc, _, se = run_cli(*args, "--out", tmp_path / "v", "--tune-steps", "3", "--tune-neg-views", "2", "--seed", "4")
+    assert rc == 0, se
+    tuning = json.loads((tmp_path / "v/manifest.json").read_text())["settings"]["tuning"]
+    assert tuning["neg_views"] == 2 and tuning["seed"] == 4
     rc, _, err = run_cli("explain", "--model", out / "medxgan", "--data", out / "phantoms", "--n", "1", "--paper-inversion",
                          "--tune-steps", "5", "--out", tmp_path / "e4", "--no-progress")
     assert_one_line_error(rc, err, "--paper-inversion")
-    assert not any((tmp_path / d).exists() and any((tmp_path / d).iterdir()) for d in ("e1", "e2", "e3", "e4"))
+    assert not any((tmp_path / d).exists() and any((tmp_path / d).iterdir()) for d in ("e1", "e2", "e3", "e4", "e6", "e7"))
     # option mistakes are named before any model or data is read: a missing model is not what is reported
     rc, _, err = run_cli("explain", "--model", tmp_path / "no-such-run", "--data", tmp_path / "no-such-data", "--tune-lr", "1e-3",
                          "--out", tmp_path / "e5", "--no-progress")

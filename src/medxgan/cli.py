@@ -402,6 +402,7 @@ def _explain_settings(args, dcfg, inversion, methods, use_encoder: bool, tuning=
     from medxgan.checkpoint import CLASSIFIER_FILE, GENERATOR_FILE
     from medxgan.encoder import ENCODER_FILE
     from medxgan.streaming import file_digest
+    from medxgan.tuning import tuning_settings
 
     model = Path(args.model)
     weights = [GENERATOR_FILE, CLASSIFIER_FILE] + ([ENCODER_FILE] if use_encoder else [])
@@ -414,7 +415,7 @@ def _explain_settings(args, dcfg, inversion, methods, use_encoder: bool, tuning=
                 "source": {"data": bool(args.data), "split": args.split, "all_classes": args.all_classes,
                            "with_mask": args.with_mask}}
     if tuning is not None:  # runs without tuning keep the fingerprint they had before it existed
-        settings["tuning"] = dc.asdict(tuning)
+        settings["tuning"] = tuning_settings(tuning)
     if args.ensemble > 1:  # likewise runs without an ensemble
         settings["ensemble"] = args.ensemble
     return settings
@@ -777,6 +778,10 @@ def _add_tuning_args(p) -> None:
     p.add_argument("--tune-change-weight", type=float, metavar="W",
                    help="generator tuning: weight of mean |G'(z1,z2) - G'(z1,0)| (default 0; session 10's recipe was 0.2 "
                         "with the two weights above at 0)")
+    p.add_argument("--tune-neg-views", type=int, metavar="K",
+                   help="generator tuning: the negative realization must be negative under K of the classifier's training "
+                        "augmentations as well (flip, shift, intensity; drawn from --seed), not only as drawn (default 0 = off; "
+                        "each view costs one more classifier pass per step)")
 
 
 def _tuning_config(args):
@@ -786,12 +791,15 @@ def _tuning_config(args):
     if args.tune_steps < 0:
         raise MedxganError(f"--tune-steps must be non-negative, got {args.tune_steps}")
     if not args.tune_steps:
-        if any(v is not None for v in (args.tune_lr, args.tune_proximity_weight, args.tune_smooth_weight, args.tune_change_weight)):
-            raise MedxganError("--tune-lr / --tune-proximity-weight / --tune-smooth-weight / --tune-change-weight need --tune-steps N")
+        if any(v is not None for v in (args.tune_lr, args.tune_proximity_weight, args.tune_smooth_weight, args.tune_change_weight,
+                                       args.tune_neg_views)):
+            raise MedxganError("--tune-lr / --tune-proximity-weight / --tune-smooth-weight / --tune-change-weight / "
+                               "--tune-neg-views need --tune-steps N")
         return None
     given = {"lr": args.tune_lr, "proximity_weight": args.tune_proximity_weight, "smooth_weight": args.tune_smooth_weight,
-             "change_weight": args.tune_change_weight}
-    return TuningConfig(steps=args.tune_steps, **{k: v for k, v in given.items() if v is not None})
+             "change_weight": args.tune_change_weight, "neg_views": args.tune_neg_views}
+    return TuningConfig(steps=args.tune_steps, seed=getattr(args, "seed", 0) or 0,
+                        **{k: v for k, v in given.items() if v is not None})
 
 
 def _inversion_terms(args) -> dict:

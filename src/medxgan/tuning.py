@@ -28,6 +28,13 @@ pathology removed as the frozen classifier sees it, and the difference map the p
 removed. The classifier is never changed, so every probability, LIG and IG map is still about the
 user's classifier; what is image-specific is the generator that the latent methods use.
 
+Optionally (``neg_views`` = K > 0, ``--tune-neg-views K``) the negative term is averaged over the
+negative realization and K of the classifier's own training augmentations of it (flip, a few
+pixels' shift, intensity jitter; expectation over transformation, Athalye et al., ICML 2018), drawn
+afresh every step from ``seed``. A negative realization that fools the classifier only at one exact
+pixel alignment does not satisfy it; one with the lesion removed does. Off by default: it costs K
+more classifier passes per step (its measured effect: docs/RESULTS.md, session 16).
+
 Cost: ``steps`` forward and backward passes of G (twice: both codes) and C, one image at a time
 (every image gets its own copy of the weights). Off unless asked for (``explain --tune-steps``,
 ``evaluate --tune-steps``).
@@ -36,6 +43,7 @@ Cost: ``steps`` forward and backward passes of G (twice: both codes) and C, one 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -43,6 +51,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from medxgan.augment import classifier_augment
 from medxgan.errors import MedxganError
 from medxgan.inversion import binary_entropy, frozen
 
@@ -56,6 +65,8 @@ class TuningConfig:
     proximity_weight: float = 0.2  # mean |x - G'(z1, neg)| in [-1,1] units
     smooth_weight: float = 0.3  # total variation of G'(z1, z2) - G'(z1, neg)
     change_weight: float = 0.0  # mean |G'(z1, z2) - G'(z1, neg)| (session 10's recipe: 0.2, with the two above at 0)
+    neg_views: int = 0  # 0: the negative term on G'(z1, neg) alone; K: its mean over it and K augmented views
+    seed: int = 0  # seeds the augmented views' draws (the same image and seed: the same tuned weights)
 
     def __post_init__(self):
         if self.steps < 1:
@@ -67,14 +78,29 @@ class TuningConfig:
         bad = [k for k, w in weights.items() if not (w >= 0 and math.isfinite(w))]
         if bad:
             raise MedxganError(f"tuning {', '.join(bad)} must be non-negative numbers")
+        if not (isinstance(self.neg_views, int) and 0 <= self.neg_views <= 256):
+            raise MedxganError(f"tuning neg_views must be an integer from 0 to 256, got {self.neg_views}")
+
+
+def tuning_settings(cfg: TuningConfig) -> dict:
+    """The config as a dict for run fingerprints: without the augmented views' fields while they are
+    off, so that runs made before they existed keep their fingerprint (and resume)."""
+    d = dataclasses.asdict(cfg)
+    if not cfg.neg_views:
+        d.pop("neg_views"), d.pop("seed")
+    return d
 
 
 def tuning_loss(G, C, z1: torch.Tensor, z2: torch.Tensor, x: torch.Tensor, prob_target: torch.Tensor,
-                cfg: TuningConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                cfg: TuningConfig, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss [N], G(z1, z2), G(z1, neg)) of the objective in the module docstring, per row.
 
     The classifier term is the BCE minus its floor H(P_C(x)), as in
-    :func:`medxgan.inversion.inversion_loss`, so that a perfect match scores 0.
+    :func:`medxgan.inversion.inversion_loss`, so that a perfect match scores 0. With
+    ``cfg.neg_views`` = K > 0 the negative term is the mean of -log(1 - P_C) over the negative
+    realization and K draws of :func:`medxgan.augment.classifier_augment` of it (``generator``
+    draws them).
     """
     recon = G(z1, z2)
     negative = G(z1, G.negative_code(z2))
@@ -83,7 +109,7 @@ def tuning_loss(G, C, z1: torch.Tensor, z2: torch.Tensor, x: torch.Tensor, prob_
         bce = F.binary_cross_entropy_with_logits(C.positive_logit(recon), prob_target, reduction="none")
         loss = loss + cfg.cls_weight * (bce - binary_entropy(prob_target))
     if cfg.neg_weight > 0:
-        loss = loss + cfg.neg_weight * F.softplus(C.positive_logit(negative))
+        loss = loss + cfg.neg_weight * negative_term(C, negative, cfg.neg_views, generator)
     if cfg.proximity_weight > 0:
         loss = loss + cfg.proximity_weight * (x - negative).abs().flatten(1).mean(1)
     if cfg.smooth_weight > 0:
@@ -91,6 +117,19 @@ def tuning_loss(G, C, z1: torch.Tensor, z2: torch.Tensor, x: torch.Tensor, prob_
     if cfg.change_weight > 0:
         loss = loss + cfg.change_weight * (recon - negative).abs().flatten(1).mean(1)
     return loss, recon, negative
+
+
+def negative_term(C, negative: torch.Tensor, views: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[N] -log(1 - P_C(negative)); with ``views`` = K > 0, its mean over the image and K of the
+    classifier's training augmentations of it (expectation over transformation, Athalye et al.,
+    ICML 2018). A change that turns the classifier negative only at one exact pixel alignment
+    does not survive a flip, a few pixels' shift or an intensity jitter; removing the lesion does."""
+    if views <= 0:
+        return F.softplus(C.positive_logit(negative))
+    n = negative.shape[0]
+    augmented = classifier_augment(negative.repeat(views, 1, 1, 1), generator)
+    logits = C.positive_logit(torch.cat([negative, augmented]))
+    return F.softplus(logits).view(views + 1, n).mean(0)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -128,6 +167,7 @@ def tune_generator(G: nn.Module, C: nn.Module, x: torch.Tensor, z1: torch.Tensor
         for p in params:
             p.requires_grad_(True)
         opt = torch.optim.Adam(params, lr=cfg.lr)
+        views = torch.Generator().manual_seed(cfg.seed) if cfg.neg_views > 0 else None
         steps = range(cfg.steps)
         if progress:
             from tqdm.auto import tqdm
@@ -135,7 +175,7 @@ def tune_generator(G: nn.Module, C: nn.Module, x: torch.Tensor, z1: torch.Tensor
             steps = tqdm(steps, desc="tune", leave=False)
         with torch.enable_grad():
             for _ in steps:
-                loss, _, _ = tuning_loss(tuned, C, z1, z2, x, prob_target, cfg)
+                loss, _, _ = tuning_loss(tuned, C, z1, z2, x, prob_target, cfg, views)
                 if not torch.isfinite(loss).all():
                     raise MedxganError("generator tuning diverged (the loss became NaN or Inf); lower --tune-lr")
                 opt.zero_grad(set_to_none=True)
@@ -144,4 +184,4 @@ def tune_generator(G: nn.Module, C: nn.Module, x: torch.Tensor, z1: torch.Tensor
     return tuned.requires_grad_(False)
 
 
-__all__ = ["TuningConfig", "total_variation", "tune_generator", "tuning_loss"]
+__all__ = ["TuningConfig", "negative_term", "total_variation", "tune_generator", "tuning_loss", "tuning_settings"]

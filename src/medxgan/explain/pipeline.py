@@ -90,7 +90,8 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
             ``quality`` then describes the tuned reconstruction and keeps the latent-only
             inversion's SSIM as ``ssim_latent``.
         ensemble: explain every image this many times, member k inverting with seed
-            ``inversion.seed + k`` (its own random starts, hence its own tuned generator), and
+            ``inversion.seed + k`` (its own random starts, hence its own tuned generator; with
+            augmented views, tuning seed ``tuning.seed + k``), and
             combine them with :func:`combine_explanations`: the maps are the members' mean and
             ``agreement`` says how alike the members' difference maps are. K times the cost.
 
@@ -104,7 +105,8 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
         members = [explain_images(G, C, images, methods=methods, inversion=replace(inversion, seed=inversion.seed + k),
                                   n_frames=n_frames, lig_steps=lig_steps, target=target, progress=progress,
                                   path_steps=path_steps, ig_steps=ig_steps, internal_batch_size=internal_batch_size,
-                                  init=init, names=names, masks=masks, first_index=first_index, tuning=tuning)
+                                  init=init, names=names, masks=masks, first_index=first_index,
+                                  tuning=replace(tuning, seed=tuning.seed + k) if tuning is not None else None)
                    for k in range(ensemble)]
         return combine_explanations(members)
     device = next(C.parameters()).device
