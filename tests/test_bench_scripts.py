@@ -114,3 +114,17 @@ def test_tuning_sweep_on_the_quick_demo(demo_run, tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "tuning_sweep.py"), "--model", str(run / "medxgan"),
                            "--explain", str(tmp_path), "--json", str(tmp_path / "x.json")], capture_output=True, text=True)
     assert proc.returncode == 2 and "raw/*.npz" in proc.stderr and "Traceback" not in proc.stderr
+    # --names picks images by stem: the last image alone, and its per-image hit is the pointing game of one image
+    stems = sorted(p.name.split(".")[0] for p in (run / "report" / "raw").glob("*.npz"))
+    out = tmp_path / "named.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "tuning_sweep.py"), "--model", str(run / "medxgan"),
+                           "--explain", str(run / "report"), "--names", stems[-1], "--steps", "5", "--lig-steps", "2",
+                           "--threads", "1", "--json", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    named = json.loads(out.read_text())
+    assert [r["name"].split(".")[0] for r in named["per_image"]] == [stems[-1]]
+    assert float(named["per_image"][0]["difference_hit"]) == named["difference_pointing_game"]
+    proc = subprocess.run([sys.executable, str(BENCH / "tuning_sweep.py"), "--model", str(run / "medxgan"),
+                           "--explain", str(run / "report"), "--names", "no_such_image", "--json", str(tmp_path / "y.json")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "no_such_image" in proc.stderr and "Traceback" not in proc.stderr
