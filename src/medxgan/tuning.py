@@ -33,7 +33,8 @@ negative realization and K of the classifier's own training augmentations of it 
 pixels' shift, intensity jitter; expectation over transformation, Athalye et al., ICML 2018), drawn
 afresh every step from ``seed``. A negative realization that fools the classifier only at one exact
 pixel alignment does not satisfy it; one with the lesion removed does. Off by default: it costs K
-more classifier passes per step (its measured effect: docs/RESULTS.md, session 16).
+more classifier passes per step, and on the 100 phantom test positives it did not move the
+pointing game (docs/RESULTS.md, "Sessions 15–17").
 
 Cost: ``steps`` forward and backward passes of G (twice: both codes) and C, one image at a time
 (every image gets its own copy of the weights). Off unless asked for (``explain --tune-steps``,
