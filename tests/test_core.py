@@ -463,3 +463,41 @@ def test_mode_seeking_and_change_diversity_terms_have_their_formulas():
             GANConfig(**{key: 1.0}, change_l1=0.0)
         with pytest.raises(MedxganError, match=">= 0"):
             GANConfig(**{key: -1.0})
+
+
+def test_adversarial_examples_are_the_known_worst_case_of_a_linear_classifier():
+    from medxgan.training.classifier import adversarial_examples
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 1))
+    clf = BinaryClassifier(net, 1).train()
+    x = torch.rand(6, 1, 4, 4) - 0.5  # inside [-1,1] with room for the perturbation
+    y = torch.tensor([0, 1, 0, 1, 1, 0])
+    eps = 0.1
+    adv = adversarial_examples(clf, x, y, eps, steps=3)
+    # For a logit w.x + b the L-inf ball's worst case moves every pixel by eps against its class.
+    w_sign = torch.sign(net[1].weight.detach()).view(1, 1, 4, 4)
+    expected = x + eps * w_sign * (1 - 2 * y.float()).view(-1, 1, 1, 1)
+    assert torch.allclose(adv, expected, atol=1e-6)
+    assert clf.training and all(p.grad is None for p in clf.parameters())
+
+
+def test_adversarial_training_leaves_batchnorm_statistics_to_the_clean_step_and_is_checked():
+    from medxgan.training.classifier import adversarial_examples, train_classifier
+
+    clf = build_classifier(ClassifierConfig(width=4, depth=2), 16, 1).train()
+    before = {k: v.clone() for k, v in clf.state_dict().items()}
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    adv = adversarial_examples(clf, x, torch.tensor([0, 1, 0, 1]), 0.05, steps=2)
+    assert (adv - x).abs().max() <= 0.05 + 1e-6 and adv.abs().max() <= 1
+    assert clf.training and all(torch.equal(before[k], v) for k, v in clf.state_dict().items())
+    for bad in ({"adv_eps": -0.1}, {"adv_eps": 2.0}, {"adv_eps": float("nan")}, {"adv_steps": 0}):
+        with pytest.raises(MedxganError, match="adv_"):
+            ClassifierConfig(**bad)
+    # Training with it differs from training without it, from the same seed.
+    g = torch.Generator().manual_seed(0)
+    imgs, labels = torch.rand(32, 1, 16, 16, generator=g) * 2 - 1, torch.arange(32) % 2
+    base = ClassifierConfig(width=4, depth=2, epochs=1, batch_size=16, augment=False)
+    plain, _ = train_classifier(base, imgs, labels, progress=False)
+    robust, _ = train_classifier(ClassifierConfig(**{**base.__dict__, "adv_eps": 0.05}), imgs, labels, progress=False)
+    assert not torch.allclose(plain(imgs), robust(imgs))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -70,6 +71,12 @@ class ClassifierConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     augment: bool = True  # light: flips, small shifts, intensity jitter
+    # Adversarial training (Madry et al., ICLR 2018): train on L-inf PGD perturbations of radius
+    # adv_eps (in [-1,1] pixel units; 0 = off) found with adv_steps steps (Captum's PGD). A robust
+    # classifier cannot be pleased by imperceptible changes, so G and the explanations have to
+    # change the image itself (docs/RESULTS.md).
+    adv_eps: float = 0.0
+    adv_steps: int = 3
     seed: int = 0
 
     def __post_init__(self):
@@ -79,6 +86,8 @@ class ClassifierConfig:
             raise MedxganError(f"classifier.n_logits must be 1 (sigmoid) or 2 (softmax), got {self.n_logits}")
         if self.width < 1 or self.depth < 1 or self.epochs < 1 or self.batch_size < 1:
             raise MedxganError("classifier.width, depth, epochs and batch_size must be positive")
+        if not (0 <= self.adv_eps < 2 and math.isfinite(self.adv_eps)) or self.adv_steps < 1:
+            raise MedxganError(f"classifier.adv_eps must be in [0, 2) and adv_steps positive, got {self.adv_eps}, {self.adv_steps}")
 
 
 @dataclass(frozen=True)

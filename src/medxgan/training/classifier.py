@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import torch
@@ -35,6 +36,29 @@ def binary_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
     acc = float(((probs >= 0.5).astype(int) == labels).mean()) if len(labels) else float("nan")
     auc = float(roc_auc_score(labels, probs)) if len(np.unique(labels)) == 2 else float("nan")
     return {"accuracy": acc, "auc": auc, "n": int(len(labels))}
+
+
+def adversarial_examples(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int) -> torch.Tensor:
+    """L-inf PGD (Madry et al., ICLR 2018, through Captum's ``PGD``) on the binary cross-entropy of
+    the positive-class logit: the images within ``eps`` of ``x`` (and inside [-1,1]) that the model
+    finds most wrong, from ``steps`` signed-gradient steps of 2.5 * eps / steps, no random start
+    (deterministic). The model is in eval mode while it is attacked, so BatchNorm's running
+    statistics and dropout are left as they were; its parameters get no gradient."""
+    from captum.robust import PGD
+
+    def loss(out, target):
+        return F.binary_cross_entropy_with_logits(out[:, 1] - out[:, 0], target.float(), reduction="none")
+
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():  # Captum's steps set requires_grad on their own detached copies, and say so
+            warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
+            adv = PGD(model, loss_func=loss, lower_bound=-1.0, upper_bound=1.0).perturb(
+                x.detach(), radius=eps, step_size=2.5 * eps / steps, step_num=steps, target=y, norm="Linf")
+    finally:
+        model.train(was_training)
+    return adv.detach()
 
 
 def train_classifier(cfg: ClassifierConfig, train_images, train_labels, val_images=None, val_labels=None,
@@ -83,6 +107,8 @@ def train_classifier(cfg: ClassifierConfig, train_images, train_labels, val_imag
             if cfg.augment:
                 x = classifier_augment(x, gen)
             x, y = x.to(device), y.to(device)
+            if cfg.adv_eps > 0:
+                x = adversarial_examples(model, x, y, cfg.adv_eps, cfg.adv_steps)
             out = run(x)  # [B, 2] logits through DDP's forward, so that gradients are averaged
             logit = out[:, 1] - out[:, 0]
             loss = (F.binary_cross_entropy_with_logits(logit, y.float(), reduction="none") * weights.to(device)[y]).mean()
