@@ -482,7 +482,7 @@ def test_adversarial_examples_are_the_known_worst_case_of_a_linear_classifier():
     assert clf.training and all(p.grad is None for p in clf.parameters())
 
 
-def test_adversarial_training_leaves_batchnorm_statistics_to_the_clean_step_and_is_checked():
+def test_the_attack_leaves_batchnorm_statistics_untouched_and_the_options_are_checked():
     from medxgan.training.classifier import adversarial_examples, train_classifier
 
     clf = build_classifier(ClassifierConfig(width=4, depth=2), 16, 1).train()
