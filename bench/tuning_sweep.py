@@ -2,7 +2,7 @@
 ``medxgan explain`` run, so that settings can be compared without redoing the inversion.
 
     python bench/tuning_sweep.py --model RUN --explain OUT [--first 0 --n 10] [--steps 1500]
-        [--lr 1e-4 --proximity-weight 0.2 --smooth-weight 0.3 --change-weight 0 --neg-views 0] [--lig-steps 16]
+        [--lr 1e-4 --proximity-weight 0.2 --proximity-delta 0 --smooth-weight 0.3 --change-weight 0 --neg-views 0] [--lig-steps 16]
         [--names A,B,...] [--threads 1] [--json F]
 
 For each image of ``OUT`` (in name order, ``--first`` on, ``--n`` of them; or the images that
@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--proximity-weight", type=float, default=None)
+    ap.add_argument("--proximity-delta", type=float, default=None, help="0 = L1 proximity; D > 0: the log penalty")
     ap.add_argument("--smooth-weight", type=float, default=None)
     ap.add_argument("--change-weight", type=float, default=None)
     ap.add_argument("--neg-views", type=int, default=None)
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     given = {"steps": args.steps, "lr": args.lr, "proximity_weight": args.proximity_weight,
-             "smooth_weight": args.smooth_weight, "change_weight": args.change_weight, "neg_views": args.neg_views}
+             "proximity_delta": args.proximity_delta, "smooth_weight": args.smooth_weight, "change_weight": args.change_weight, "neg_views": args.neg_views}
     cfg = TuningConfig(**{k: v for k, v in given.items() if v is not None})
     if args.first < 0 or args.n < 1 or args.lig_steps < 1:
         raise MedxganError("--first must be >= 0, --n and --lig-steps >= 1")

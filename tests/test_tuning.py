@@ -1,6 +1,7 @@
 """Per-image generator tuning (medxgan.tuning) and its use in explain."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from medxgan.errors import MedxganError
 from medxgan.explain import explain_images
 from medxgan.inversion import InversionConfig
 from medxgan.augment import classifier_augment
-from medxgan.tuning import TuningConfig, negative_term, total_variation, tune_generator, tuning_loss, tuning_settings
+from medxgan.tuning import TuningConfig, negative_term, proximity, total_variation, tune_generator, tuning_loss, tuning_settings
 from toy_models import tiny_models
 from conftest import assert_one_line_error, run_cli  # noqa: F401  (demo_run is a conftest fixture)
 
@@ -148,6 +149,36 @@ def test_the_smoothness_term_makes_the_change_smoother():
     assert tv[1.0] < 0.7 * tv[0.0]
 
 
+def test_log_proximity_known_answers_and_it_prefers_one_deep_change_to_two_shallow_ones():
+    change = torch.zeros(1, 1, 4, 4)
+    change[0, 0, 0, :2] = torch.tensor([0.3, -0.1])
+    # delta = 0 is the L1 term: (0.3 + 0.1) / 16
+    assert torch.allclose(proximity(change), torch.tensor([0.4 / 16]))
+    # delta > 0: delta * log(1 + |c| / delta), averaged; log(1 + 3) and log(1 + 1) at delta 0.1
+    assert torch.allclose(proximity(change, 0.1), torch.tensor([0.1 * (math.log(4) + math.log(2)) / 16]))
+    # it equals L1 to first order for changes far below delta
+    tiny = change * 1e-4
+    assert torch.allclose(proximity(tiny, 0.1), proximity(tiny), rtol=1e-3)
+    # at equal L1 cost, a change of 0.4 at one pixel is cheaper than 0.2 at each of two; L1 cannot tell them apart
+    deep, shallow = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
+    deep[0, 0, 1, 1] = 0.4
+    shallow[0, 0, 1, 1] = shallow[0, 0, 3, 2] = 0.2
+    assert torch.allclose(proximity(deep), proximity(shallow))
+    assert float(proximity(deep, 0.05)) < float(proximity(shallow, 0.05))
+    # the tuning loss uses it in place of L1, and a run without it keeps its fingerprint
+    G, C = tiny_models()
+    G.eval()
+    z1, z2 = _latents(G)
+    x = torch.rand(1, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        l1, _, neg = tuning_loss(G, C, z1, z2, x, torch.tensor([0.8]), TuningConfig(proximity_weight=0.5))
+        lg, _, _ = tuning_loss(G, C, z1, z2, x, torch.tensor([0.8]), TuningConfig(proximity_weight=0.5, proximity_delta=0.05))
+    expected = 0.5 * ((0.05 * torch.log1p((x - neg).abs() / 0.05)).mean() - (x - neg).abs().mean())
+    assert torch.allclose(lg - l1, expected, atol=1e-6)
+    assert "proximity_delta" not in tuning_settings(TuningConfig())
+    assert tuning_settings(TuningConfig(proximity_delta=0.05))["proximity_delta"] == 0.05
+
+
 def test_tuning_refuses_batches_and_nan_and_bad_settings():
     G, C = tiny_models()
     z1, z2 = _latents(G)
@@ -156,7 +187,8 @@ def test_tuning_refuses_batches_and_nan_and_bad_settings():
     with pytest.raises(MedxganError, match="NaN"):
         tune_generator(G, C, torch.full((1, 1, 16, 16), float("nan")), z1, z2, TuningConfig(steps=1))
     for bad in ({"steps": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"change_weight": -1.0}, {"neg_weight": float("inf")},
-                {"smooth_weight": -0.5}, {"proximity_weight": float("nan")}, {"neg_views": -1}, {"neg_views": 1.5}):
+                {"smooth_weight": -0.5}, {"proximity_weight": float("nan")}, {"neg_views": -1}, {"neg_views": 1.5},
+                {"proximity_delta": -0.1}, {"proximity_delta": float("inf")}):
         with pytest.raises(MedxganError):
             TuningConfig(**bad)
 
@@ -208,16 +240,23 @@ def test_cli_explain_with_tuning(demo_run, tmp_path):
     assert_one_line_error(rc, err, "--tune-steps")
     rc, _, err = run_cli(*args, "--out", tmp_path / "e7", "--tune-steps", "5", "--tune-neg-views", "-1")
     assert_one_line_error(rc, err, "neg_views")
+    rc, _, err = run_cli(*args, "--out", tmp_path / "e8", "--tune-proximity-delta", "0.05")
+    assert_one_line_error(rc, err, "--tune-steps")
+    rc, _, err = run_cli(*args, "--out", tmp_path / "e9", "--tune-steps", "5", "--tune-proximity-delta", "-1")
+    assert_one_line_error(rc, err, "proximity_delta")
     # augmented views: recorded with their seed in the run's settings (and so in its fingerprint)
     assert "neg_views" not in json.loads((tmp_path / "t/manifest.json").read_text())["settings"]["tuning"]
     rc, _, se = run_cli(*args, "--out", tmp_path / "v", "--tune-steps", "3", "--tune-neg-views", "2", "--seed", "4")
     assert rc == 0, se
     tuning = json.loads((tmp_path / "v/manifest.json").read_text())["settings"]["tuning"]
     assert tuning["neg_views"] == 2 and tuning["seed"] == 4
+    rc, _, se = run_cli(*args, "--out", tmp_path / "d", "--tune-steps", "3", "--tune-proximity-delta", "0.05")
+    assert rc == 0, se
+    assert json.loads((tmp_path / "d/manifest.json").read_text())["settings"]["tuning"]["proximity_delta"] == 0.05
     rc, _, err = run_cli("explain", "--model", out / "medxgan", "--data", out / "phantoms", "--n", "1", "--paper-inversion",
                          "--tune-steps", "5", "--out", tmp_path / "e4", "--no-progress")
     assert_one_line_error(rc, err, "--paper-inversion")
-    assert not any((tmp_path / d).exists() and any((tmp_path / d).iterdir()) for d in ("e1", "e2", "e3", "e4", "e6", "e7"))
+    assert not any((tmp_path / d).exists() and any((tmp_path / d).iterdir()) for d in ("e1", "e2", "e3", "e4", "e6", "e7", "e8", "e9"))
     # option mistakes are named before any model or data is read: a missing model is not what is reported
     rc, _, err = run_cli("explain", "--model", tmp_path / "no-such-run", "--data", tmp_path / "no-such-data", "--tune-lr", "1e-3",
                          "--out", tmp_path / "e5", "--no-progress")

@@ -772,6 +772,9 @@ def _add_tuning_args(p) -> None:
     p.add_argument("--tune-proximity-weight", type=float, metavar="W",
                    help="generator tuning: weight of mean |x - G'(z1,0)|, the negative realization stays the image "
                         "up to a sparse change (default 0.2)")
+    p.add_argument("--tune-proximity-delta", type=float, metavar="D",
+                   help="generator tuning: measure that change with the log penalty D*log(1 + |x - G'(z1,0)|/D) instead of "
+                        "L1, so one deep change costs less than two shallow ones (default 0 = L1; docs/RESULTS.md, session 20)")
     p.add_argument("--tune-smooth-weight", type=float, metavar="W",
                    help="generator tuning: weight of the total variation of G'(z1,z2) - G'(z1,0), a change in connected regions "
                         "rather than speckle (default 0.3; 0 = off)")
@@ -791,12 +794,13 @@ def _tuning_config(args):
     if args.tune_steps < 0:
         raise MedxganError(f"--tune-steps must be non-negative, got {args.tune_steps}")
     if not args.tune_steps:
-        if any(v is not None for v in (args.tune_lr, args.tune_proximity_weight, args.tune_smooth_weight, args.tune_change_weight,
-                                       args.tune_neg_views)):
-            raise MedxganError("--tune-lr / --tune-proximity-weight / --tune-smooth-weight / --tune-change-weight / "
-                               "--tune-neg-views need --tune-steps N")
+        if any(v is not None for v in (args.tune_lr, args.tune_proximity_weight, args.tune_proximity_delta,
+                                       args.tune_smooth_weight, args.tune_change_weight, args.tune_neg_views)):
+            raise MedxganError("--tune-lr / --tune-proximity-weight / --tune-proximity-delta / --tune-smooth-weight / "
+                               "--tune-change-weight / --tune-neg-views need --tune-steps N")
         return None
-    given = {"lr": args.tune_lr, "proximity_weight": args.tune_proximity_weight, "smooth_weight": args.tune_smooth_weight,
+    given = {"lr": args.tune_lr, "proximity_weight": args.tune_proximity_weight, "proximity_delta": args.tune_proximity_delta,
+             "smooth_weight": args.tune_smooth_weight,
              "change_weight": args.tune_change_weight, "neg_views": args.tune_neg_views}
     return TuningConfig(steps=args.tune_steps, seed=getattr(args, "seed", 0) or 0,
                         **{k: v for k, v in given.items() if v is not None})

@@ -9,7 +9,7 @@ inversion's latents as a fixed pivot and fine-tunes a copy of G's weights for th
 
     G'(z1, z2)  ≈ x                           mean (G'(z1, z2) - x)^2 + cls_weight * KL(P_C(x) || P_C(G'(z1, z2)))
     G'(z1, neg) is negative                   neg_weight * -log(1 - P_C(G'(z1, neg)))
-    G'(z1, neg) is x wherever it can be       proximity_weight * mean |x - G'(z1, neg)|
+    G'(z1, neg) is x wherever it can be       proximity_weight * mean |x - G'(z1, neg)|  (or a log penalty)
     what changes, changes in smooth regions   smooth_weight * TV(G'(z1, z2) - G'(z1, neg))
     (optional) the two differ little          change_weight * mean |G'(z1, z2) - G'(z1, neg)|
 
@@ -66,6 +66,10 @@ class TuningConfig:
     proximity_weight: float = 0.2  # mean |x - G'(z1, neg)| in [-1,1] units
     smooth_weight: float = 0.3  # total variation of G'(z1, z2) - G'(z1, neg)
     change_weight: float = 0.0  # mean |G'(z1, z2) - G'(z1, neg)| (session 10's recipe: 0.2, with the two above at 0)
+    # 0: the proximity term is mean |x - G'(z1, neg)| (L1). delta > 0: mean delta * log(1 + |x - G'(z1, neg)| / delta),
+    # the same for changes much smaller than delta, ever cheaper per unit for larger ones (a log penalty, the
+    # concave surrogate of counting changed pixels; Candes, Wakin & Boyd 2008): one deep change over two shallow ones
+    proximity_delta: float = 0.0
     neg_views: int = 0  # 0: the negative term on G'(z1, neg) alone; K: its mean over it and K augmented views
     seed: int = 0  # seeds the augmented views' draws (the same image and seed: the same tuned weights)
 
@@ -79,14 +83,19 @@ class TuningConfig:
         bad = [k for k, w in weights.items() if not (w >= 0 and math.isfinite(w))]
         if bad:
             raise MedxganError(f"tuning {', '.join(bad)} must be non-negative numbers")
+        if not (self.proximity_delta >= 0 and math.isfinite(self.proximity_delta)):
+            raise MedxganError(f"tuning proximity_delta must be a non-negative number (0 = L1), got {self.proximity_delta}")
         if not (isinstance(self.neg_views, int) and 0 <= self.neg_views <= 256):
             raise MedxganError(f"tuning neg_views must be an integer from 0 to 256, got {self.neg_views}")
 
 
 def tuning_settings(cfg: TuningConfig) -> dict:
-    """The config as a dict for run fingerprints: without the augmented views' fields while they are
-    off, so that runs made before they existed keep their fingerprint (and resume)."""
+    """The config as a dict for run fingerprints: without the augmented views' fields and the log
+    proximity's delta while they are off, so that runs made before they existed keep their
+    fingerprint (and resume)."""
     d = dataclasses.asdict(cfg)
+    if not cfg.proximity_delta:
+        d.pop("proximity_delta")
     if not cfg.neg_views:
         d.pop("neg_views"), d.pop("seed")
     return d
@@ -112,7 +121,7 @@ def tuning_loss(G, C, z1: torch.Tensor, z2: torch.Tensor, x: torch.Tensor, prob_
     if cfg.neg_weight > 0:
         loss = loss + cfg.neg_weight * negative_term(C, negative, cfg.neg_views, generator)
     if cfg.proximity_weight > 0:
-        loss = loss + cfg.proximity_weight * (x - negative).abs().flatten(1).mean(1)
+        loss = loss + cfg.proximity_weight * proximity(x - negative, cfg.proximity_delta)
     if cfg.smooth_weight > 0:
         loss = loss + cfg.smooth_weight * total_variation(recon - negative)
     if cfg.change_weight > 0:
@@ -131,6 +140,16 @@ def negative_term(C, negative: torch.Tensor, views: int = 0, generator: torch.Ge
     augmented = classifier_augment(negative.repeat(views, 1, 1, 1), generator)
     logits = C.positive_logit(torch.cat([negative, augmented]))
     return F.softplus(logits).view(views + 1, n).mean(0)
+
+
+def proximity(change: torch.Tensor, delta: float = 0.0) -> torch.Tensor:
+    """[B] cost of a change of [B,C,H,W] pixels: mean |change| (delta = 0), or mean
+    delta * log(1 + |change| / delta), which equals |change| to first order for changes much smaller
+    than delta and grows only logarithmically beyond it, so that deepening a change already made
+    costs less than starting another elsewhere."""
+    if delta <= 0:
+        return change.abs().flatten(1).mean(1)
+    return (delta * torch.log1p(change.abs() / delta)).flatten(1).mean(1)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -185,4 +204,4 @@ def tune_generator(G: nn.Module, C: nn.Module, x: torch.Tensor, z1: torch.Tensor
     return tuned.requires_grad_(False)
 
 
-__all__ = ["TuningConfig", "negative_term", "total_variation", "tune_generator", "tuning_loss", "tuning_settings"]
+__all__ = ["TuningConfig", "negative_term", "proximity", "total_variation", "tune_generator", "tuning_loss", "tuning_settings"]
