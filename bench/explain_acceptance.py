@@ -1,6 +1,6 @@
 """The explanation issue's acceptance numbers, read from a finished `medxgan explain` run.
 
-    python bench/explain_acceptance.py --explain OUT [OUT2 ...] [--phantoms DIR --phantom-seed 0] [--json F]
+    python bench/explain_acceptance.py --explain OUT [OUT2 ...] [--phantoms DIR --phantom-seed 0] [--smooth SIGMA] [--json F]
 
 Several runs of the same images made with consecutive ``--seed`` values are scored as their
 ensemble: combined with ``medxgan.explain.combine_explanations``, exactly as ``medxgan explain
@@ -30,6 +30,11 @@ the same subject noise-free with and without its lesion) and reports
   within 2 pixels of it, in the oedema halo, on anatomy the lesion's mass effect moved (pixels the
   exact counterfactual changes by more than 2 grey levels), or elsewhere (pixels the lesion did
   not change).
+
+``--smooth SIGMA`` scores a run made with the raw maps as if it had been made with ``medxgan explain
+--smooth SIGMA``: every map of the run (and, for comparison, the exact counterfactual's difference)
+is blurred with ``medxgan.explain.smooth_maps`` before it is scored. A run already made with
+``--smooth`` is scored as it is (its manifest says so; blurring it twice is refused).
 """
 
 from __future__ import annotations
@@ -68,6 +73,15 @@ def load_run(explain_dir: Path):
         with np.load(path) as d:
             raw[r["safe_name"]] = {k: d[k] for k in d.files}
     return records, raw
+
+
+def run_smoothing(explain_dir: Path) -> float:
+    """The sigma (pixels) a run's maps were blurred with (``explain --smooth``; 0 = raw maps)."""
+    try:
+        settings = json.loads((explain_dir / "manifest.json").read_text()).get("settings", {})
+    except (OSError, ValueError):
+        return 0.0
+    return float(settings.get("smooth", 0.0) or 0.0)
 
 
 def _explanation(record: dict, arrays: dict):
@@ -165,18 +179,33 @@ def main(argv=None) -> int:
                     help="output directory of `medxgan explain`; several (same images, consecutive --seed): their ensemble")
     ap.add_argument("--phantoms", help="the phantom dataset the images came from (enables the noise-free numbers)")
     ap.add_argument("--phantom-seed", type=int, default=0)
+    ap.add_argument("--smooth", type=float, default=0.0, metavar="SIGMA",
+                    help="blur the run's maps by a Gaussian of SIGMA pixels before scoring (as `explain --smooth`)")
     ap.add_argument("--json", help="where to write the numbers (default: bench-explain-acceptance.json)")
     args = ap.parse_args(argv)
     explain_dirs = [Path(d) for d in args.explain]
     explain_dir = explain_dirs[0]
+    if not (args.smooth >= 0 and np.isfinite(args.smooth)):
+        raise MedxganError(f"--smooth must be a non-negative number of pixels, got {args.smooth}")
+    run_smooth = [run_smoothing(d) for d in explain_dirs]
+    blurred = [d for d, v in zip(explain_dirs, run_smooth) if v]
+    if args.smooth and blurred:
+        raise MedxganError(f"{blurred[0]}: its maps are already blurred (explain --smooth); score it without --smooth")
     records, raw = load_run(explain_dir) if len(explain_dirs) == 1 else load_ensemble(explain_dirs)
     if not records:
         raise MedxganError(f"{explain_dir}: the run explained no image")
+    sigma = args.smooth or run_smooth[0]
+    if args.smooth:
+        from medxgan.explain import smooth_maps
+
+        for arrays in raw.values():
+            for k in [k for k in arrays if k.startswith("map_")]:
+                arrays[k] = smooth_maps(torch.from_numpy(np.asarray(arrays[k], dtype=np.float32)), args.smooth).numpy()
 
     ssim = np.array([r["ssim"] for r in records])
     p_neg = np.array([r["prob_negative"] for r in records])
     monotone = np.array([bool(r["monotone"]) for r in records])
-    result = {"n": len(records), "ssim_mean": float(ssim.mean()), "ssim_median": float(np.median(ssim)),
+    result = {"n": len(records), "smooth_sigma_px": sigma, "ssim_mean": float(ssim.mean()), "ssim_median": float(np.median(ssim)),
               "negative_below_0.1": float((p_neg < NEGATIVE_THRESHOLD).mean()),
               "monotone": float(monotone.mean())}
     rows = [["mean reconstruction SSIM", f"{ssim.mean():.3f} (median {np.median(ssim):.3f})", "≥ 0.90"],
@@ -204,6 +233,10 @@ def main(argv=None) -> int:
             if not torch.equal(cf_masks, masks.bool().reshape(cf_masks.shape)):
                 raise MedxganError("the run's masks are not the phantoms' tumour masks (another --phantom-seed or size?)")
             exact = torch.from_numpy(np.stack([cf.difference() for cf in cfs]))[:, None]
+            if sigma:  # the same blur as the run's maps, so the two are compared alike
+                from medxgan.explain import smooth_maps
+
+                exact = smooth_maps(exact.float(), sigma)
             scores = localisation_scores(exact, cf_masks)
             pg, auprc = float(np.mean(scores["pointing_game"])), float(np.mean(scores["auprc"]))
             result["exact_counterfactual"] = {"pointing_game": pg, "auprc": auprc,

@@ -471,3 +471,50 @@ def test_explain_ensemble_end_to_end(demo_run, tmp_path):
     assert ">Agreement</th>" in (tmp_path / "ens/report.html").read_text()
     rc, _, err = run_cli("explain", *args)
     assert_one_line_error(rc, err, "ensemble")
+
+
+def test_explain_smooth_end_to_end(demo_run, tmp_path):
+    """--smooth 1.5: the saved maps are the blurred raw maps, the JSON, manifest and report say so,
+    and a run with raw maps cannot resume into the same folder; a bad sigma is a one-line error."""
+    import numpy as np
+
+    from medxgan.explain import smooth_maps
+
+    out, _ = demo_run
+    args = ["--data", out / "phantoms", "--n", "2", "--model", out / "medxgan", "--steps", "10", "--restarts", "1",
+            "--lig-steps", "2", "--methods", "difference,lig", "--no-progress", "--device", "cpu"]
+    assert run_cli("explain", *args, "--out", tmp_path / "raw")[0] == 0
+    rc, _, se = run_cli("explain", *args, "--out", tmp_path / "blur", "--smooth", "1.5")
+    assert rc == 0, se
+    name = json.loads((tmp_path / "blur/summary.json").read_text())["images"][0]["safe_name"]
+    with np.load(tmp_path / "raw/raw" / f"{name}.npz") as r, np.load(tmp_path / "blur/raw" / f"{name}.npz") as b:
+        for k in ("map_difference", "map_lig", "map_accumulated"):
+            assert np.allclose(b[k], smooth_maps(torch.from_numpy(r[k]), 1.5).numpy(), atol=1e-6)
+        assert np.array_equal(b["negative"], r["negative"])
+    assert json.loads((tmp_path / "blur/json" / f"{name}.json").read_text())["smoothing_sigma_px"] == 1.5
+    assert json.loads((tmp_path / "blur/manifest.json").read_text())["settings"]["smooth"] == 1.5
+    assert "smooth" not in json.loads((tmp_path / "raw/manifest.json").read_text())["settings"]
+    assert "blurred, \u03c3 = 1.5 px" in (tmp_path / "blur/report.html").read_text()
+    rc, _, err = run_cli("explain", *args, "--out", tmp_path / "blur")
+    assert_one_line_error(rc, err, "smooth")
+    for bad in ("-1", "nan"):
+        rc, _, err = run_cli("explain", *args, "--out", tmp_path / "bad", "--smooth", bad)
+        assert_one_line_error(rc, err, "--smooth")
+    assert not (tmp_path / "bad").exists()
+    # the benchmark scores a raw run with --smooth exactly as the run made with --smooth
+    bench = Path(__file__).resolve().parents[1] / "bench" / "explain_acceptance.py"
+    scored = {}
+    for tag, extra in (("raw", ["--smooth", "1.5"]), ("blur", [])):
+        proc = subprocess.run([sys.executable, str(bench), "--explain", str(tmp_path / tag), "--phantoms",
+                               str(out / "phantoms"), "--json", str(tmp_path / f"{tag}.json"), *extra],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        scored[tag] = json.loads((tmp_path / f"{tag}.json").read_text())
+    assert scored["raw"]["smooth_sigma_px"] == scored["blur"]["smooth_sigma_px"] == 1.5
+    assert scored["raw"]["n_with_mask"] == 2
+    for m in ("difference", "lig", "accumulated"):
+        for key in ("pointing_game", "auprc"):
+            assert scored["raw"]["localisation"][m][key] == pytest.approx(scored["blur"]["localisation"][m][key], abs=1e-6)
+    proc = subprocess.run([sys.executable, str(bench), "--explain", str(tmp_path / "blur"), "--smooth", "1",
+                           "--json", str(tmp_path / "twice.json")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "already blurred" in proc.stderr and "Traceback" not in proc.stderr

@@ -24,6 +24,7 @@ from medxgan.explain import (
     negative_realization,
     path_codes,
     quadrature,
+    smooth_maps,
 )
 from medxgan.inversion import InversionConfig
 from medxgan.models import BinaryClassifier, Generator, build_classifier, build_generator, last_conv_layer
@@ -346,6 +347,48 @@ def test_explain_images_carries_names_and_masks():
                          lig_steps=2, names=["a.png", "b.png"], masks=masks)
     assert [e.name for e in out] == ["a.png", "b.png"]
     assert out[1].mask.sum() == 16 and not out[0].mask.any()
+
+
+# --- the optional blur of the maps ---------------------------------------------------------------
+def test_smooth_maps_moves_the_maximum_from_a_speck_to_the_blob_and_keeps_totals():
+    """Known answer: a 5x5 blob of 1.0 and a single speck of 2.0. The raw maximum is the speck;
+    after a sigma = 1.5 px blur the speck spreads to about 2/(2 pi 1.5^2) = 0.14, the blob's centre
+    stays near 0.8, so the maximum is the blob's centre. The total (even of a map touching the
+    edge) and the sign of a signed map are kept; sigma 0 is the identity."""
+    m = torch.zeros(2, 1, 24, 24)
+    m[:, 0, 4:9, 12:17] = 1.0
+    m[:, 0, 18, 4] = 2.0
+    m[1, 0, 0, 0] = 5.0  # mass on the corner is mirrored back, not lost
+    raw_max = divmod(int(m[0].flatten().argmax()), 24)
+    s = smooth_maps(m, 1.5)
+    assert raw_max == (18, 4) and divmod(int(s[0].flatten().argmax()), 24) == (6, 14)
+    assert 0.1 < float(s[0, 0, 18, 4]) < 0.2
+    assert torch.allclose(s.flatten(1).sum(1), m.flatten(1).sum(1), atol=1e-4)
+    assert s.shape == m.shape and s.dtype == m.dtype
+    assert torch.allclose(smooth_maps(-m, 1.5), -s) and smooth_maps(m, 0) is m
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="sigma"):
+            smooth_maps(m, bad)
+
+
+def test_explain_images_smooth_blurs_every_map_and_keeps_lig_complete():
+    G, C = tiny_models()
+    with torch.no_grad():
+        images = G(*latents(G, n=2)) + 0.02 * torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    kw = dict(methods=("difference", "lig", "ig"), inversion=FAST_INVERSION, n_frames=4, lig_steps=8, ig_steps=4)
+    raw = explain_images(G, C, images, **kw)
+    blurred = explain_images(G, C, images, smooth=1.0, **kw)
+    for r, b in zip(raw, blurred):
+        assert r.smoothing == 0 and b.smoothing == 1.0
+        assert torch.equal(r.reconstruction, b.reconstruction) and r.completeness == b.completeness
+        for k in kw["methods"]:
+            assert torch.allclose(b.maps[k], smooth_maps(r.maps[k], 1.0), atol=1e-6)
+            assert not torch.allclose(b.maps[k], r.maps[k])
+        assert torch.allclose(b.accumulated, smooth_maps(r.accumulated, 1.0), atol=1e-6)
+        # the blur keeps LIG's total, so its completeness error is that of the raw map
+        assert float(b.maps["lig"].sum()) == pytest.approx(float(r.maps["lig"].sum()), abs=1e-4)
+    with pytest.raises(ValueError, match="sigma"):
+        explain_images(G, C, images, smooth=-1, **kw)
 
 
 # --- ensembles of explanations from independent starts ---------------------------------------

@@ -418,6 +418,8 @@ def _explain_settings(args, dcfg, inversion, methods, use_encoder: bool, tuning=
         settings["tuning"] = tuning_settings(tuning)
     if args.ensemble > 1:  # likewise runs without an ensemble
         settings["ensemble"] = args.ensemble
+    if args.smooth:  # and runs with the raw maps
+        settings["smooth"] = args.smooth
     return settings
 
 
@@ -445,6 +447,8 @@ def cmd_explain(args) -> int:
         raise MedxganError("--batch-size must be positive and --report-details non-negative")
     if args.ensemble < 1:
         raise MedxganError(f"--ensemble must be at least 1, got {args.ensemble}")
+    if not (args.smooth >= 0 and math.isfinite(args.smooth)):
+        raise MedxganError(f"--smooth must be a non-negative number of pixels (0 = the raw maps), got {args.smooth}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in list_explainers()]
     if unknown:
@@ -521,7 +525,8 @@ def cmd_explain(args) -> int:
             explanations = explain_images(G, C, batch.images[sl], methods=methods, inversion=inversion, n_frames=args.frames,
                                           lig_steps=args.lig_steps, target=args.target, names=[names[i] for i in run],
                                           masks=batch.masks[sl] if batch.masks is not None else None,
-                                          first_index=run[0], init=init, tuning=tuning, ensemble=args.ensemble)
+                                          first_index=run[0], init=init, tuning=tuning, ensemble=args.ensemble,
+                                          smooth=args.smooth)
             for i, explanation in zip(run, explanations):
                 write_image_outputs(explanation, out, safes[i], position=i + 1 if i < args.report_details else None)
                 done.add(i)
@@ -549,6 +554,8 @@ def cmd_explain(args) -> int:
             + (f"; maps: mean of {args.ensemble} such explanations (seeds {args.seed} to {args.seed + args.ensemble - 1})"
                if args.ensemble > 1 else ""),
             "target": args.target}
+    if args.smooth:
+        info["maps"] = f"blurred by a Gaussian of \u03c3 = {args.smooth:g} px (--smooth; totals kept)"
     # detailed panels were written for the images at job positions < --report-details: a prefix of the rows
     first_names = set(names[:args.report_details])
     report = write_report(out, rows, title=args.title, model_info=info, detailed=sum(r["name"] in first_names for r in rows))
@@ -980,6 +987,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="explain every image K times from independent random starts (inversion seeds --seed ... "
                         "--seed + K-1, each with its own tuned generator) and show the mean of their maps, with "
                         "their agreement (K times the cost; default 1; README, 'Ensembles')")
+    p.add_argument("--smooth", type=float, default=0.0, metavar="SIGMA",
+                   help="blur every map with a Gaussian of SIGMA pixels before it is shown, saved and scored: its "
+                        "largest value then marks where the change concentrates, not a one-pixel peak (maps keep "
+                        "their totals; default 0 = the raw maps; docs/RESULTS.md, session 21)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--title", default="medXGAN report")
     p.add_argument("--masks", help="folder of lesion masks named like the images")

@@ -271,6 +271,7 @@ class _Prepared:
     has_mask: bool
     members: int = 1
     agreement: float | None = None
+    smoothing: float = 0.0
     panels: list[_Panel] = field(default_factory=list)
     frames_png: list[bytes] = field(default_factory=list)
     frames_html: list[bytes] = field(default_factory=list)
@@ -339,6 +340,7 @@ def _prepare_one(e, safe: str) -> _Prepared:
         small=max(H, W) <= 128,
         members=int(getattr(e, "members", 1) or 1),
         agreement=_float(getattr(e, "agreement", None)),
+        smoothing=float(getattr(e, "smoothing", 0.0) or 0.0),
     )
 
     def add(key, title, subtitle, rgb, scale=None, shared=False):
@@ -370,6 +372,8 @@ def _prepare_one(e, safe: str) -> _Prepared:
         title, subtitle = METHOD_LABELS.get(m, (m, "attribution map"))
         if p.members > 1 and _depends_on_generator(m):  # the classifier-only maps are the same in every member
             subtitle += f" \u00b7 mean of {p.members} explanations"
+        if p.smoothing:
+            subtitle += f" \u00b7 blurred, \u03c3 = {p.smoothing:g} px"
         add(_method_key(m), title, subtitle, _with_outline(_overlay(gray, h / s), boundary), s, shared)
 
     frames = _np(getattr(e, "frames", None))
@@ -800,6 +804,7 @@ def _write_prepared(p: _Prepared, out: Path, position: int | None, cbar_uri: str
         **row,
         "quality": p.quality,
         "completeness": p.completeness,
+        **({"smoothing_sigma_px": p.smoothing} if p.smoothing else {}),
         "frame_probs": p.frame_probs,
         "alphas": p.alphas,
         "maps": {q.key: {"scale": q.scale, "shared_scale": q.shared} for q in p.panels if q.scale is not None},

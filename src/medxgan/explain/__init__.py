@@ -6,7 +6,8 @@
 * :mod:`~medxgan.explain.attribution` — Grad-CAM and Integrated Gradients through Captum;
 * :mod:`~medxgan.explain.registry` — the ``Explainer`` interface and the name registry;
 * :mod:`~medxgan.explain.pipeline` — ``explain_images``: one inversion, every method;
-  ``combine_explanations``: several explanations of an image from independent starts, as one.
+  ``combine_explanations``: several explanations of an image from independent starts, as one;
+  ``smooth_maps``: the optional Gaussian blur of the maps.
 """
 
 from medxgan.explain.attribution import grad_cam, integrated_gradients
@@ -24,7 +25,7 @@ from medxgan.explain.latent import (
     path_endpoints,
     quadrature,
 )
-from medxgan.explain.pipeline import DEFAULT_METHODS, Explanation, combine_explanations, explain_images
+from medxgan.explain.pipeline import DEFAULT_METHODS, Explanation, combine_explanations, explain_images, smooth_maps
 from medxgan.explain.registry import EXPLAINERS, Explainer, get_explainer, list_explainers, register_explainer
 from medxgan.explain.targets import PositiveLogit, PositiveProbability, Target, TargetScore, resolve_target
 
@@ -57,4 +58,5 @@ __all__ = [
     "quadrature",
     "register_explainer",
     "resolve_target",
+    "smooth_maps",
 ]

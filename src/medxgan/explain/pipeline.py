@@ -16,6 +16,30 @@ from medxgan.tuning import TuningConfig, tune_generator
 DEFAULT_METHODS = ("difference", "lig", "gradcam", "ig", "ig_negative")
 
 
+def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``maps`` [..., H, W] blurred over the last two axes by a Gaussian of ``sigma`` pixels
+    (``scipy.ndimage.gaussian_filter``, edges mirrored about the pixel border, truncated at
+    4 sigma); 0 returns them as they are. The blur is linear, so it commutes with averaging the
+    members of an ensemble, and with these edges it keeps every map's total exactly: what would
+    spill over an edge is mirrored back in. LIG's completeness (its total equals Δf) therefore
+    holds for the smoothed map too.
+
+    Why: a map's largest *pixel* can be a one-pixel peak of generator texture or a thin rim
+    where anatomy shifted; after the blur the largest value marks where the change is
+    concentrated over a neighbourhood of about ``sigma`` pixels (docs/RESULTS.md, session 21).
+    """
+    sigma = float(sigma)
+    if not (sigma >= 0 and sigma == sigma and sigma != float("inf")):
+        raise ValueError(f"the smoothing sigma must be a non-negative number of pixels, got {sigma}")
+    if sigma == 0:
+        return maps
+    from scipy.ndimage import gaussian_filter
+
+    arr = maps.detach().to("cpu", torch.float64).numpy()
+    out = gaussian_filter(arr, sigma=[0.0] * (arr.ndim - 2) + [sigma, sigma], mode="reflect", truncate=4.0)
+    return torch.from_numpy(out).to(maps.device, maps.dtype)
+
+
 @dataclass
 class Explanation:
     """Everything medXGAN says about one image; tensors on CPU, float32, detached."""
@@ -40,6 +64,7 @@ class Explanation:
     mask: torch.Tensor | None = None  # [1,H,W] bool ground-truth lesion, outlined on every map
     members: int = 1  # explanations averaged into ``maps`` (explain_images(..., ensemble=K))
     agreement: float | None = None  # with members > 1: mean pairwise correlation of their |difference|
+    smoothing: float = 0.0  # sigma (pixels) of the Gaussian blur applied to ``maps`` and ``accumulated``; 0 = none
 
 
 def _cpu(t: torch.Tensor) -> torch.Tensor:
@@ -70,7 +95,7 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
                    ig_steps: int = 32, internal_batch_size: int = 64, init=None,
                    names: list[str] | None = None, masks: torch.Tensor | None = None,
                    first_index: int | None = None, tuning: TuningConfig | None = None,
-                   ensemble: int = 1) -> list[Explanation]:
+                   ensemble: int = 1, smooth: float = 0.0) -> list[Explanation]:
     """Invert ``images`` once (Eq. 5), then run every method in ``methods`` on the shared latents.
 
     Args:
@@ -94,6 +119,9 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
             augmented views, tuning seed ``tuning.seed + k``), and
             combine them with :func:`combine_explanations`: the maps are the members' mean and
             ``agreement`` says how alike the members' difference maps are. K times the cost.
+        smooth: sigma in pixels of a Gaussian blur (:func:`smooth_maps`) applied to every map and
+            the accumulated difference after they are computed (0 = the raw maps, default). The
+            images, interpolation and completeness errors are not blurred.
 
     Returns:
         One :class:`Explanation` per image. ``completeness`` holds |sum(attr) - Δf| for "lig" and
@@ -101,12 +129,14 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
     """
     if ensemble < 1:
         raise ValueError(f"ensemble must be at least 1, got {ensemble}")
+    smooth_maps(torch.zeros(1, 1), smooth)  # a bad sigma fails before any work
     if ensemble > 1:  # member k is exactly the single explanation with inversion seed + k
         members = [explain_images(G, C, images, methods=methods, inversion=replace(inversion, seed=inversion.seed + k),
                                   n_frames=n_frames, lig_steps=lig_steps, target=target, progress=progress,
                                   path_steps=path_steps, ig_steps=ig_steps, internal_batch_size=internal_batch_size,
                                   init=init, names=names, masks=masks, first_index=first_index,
-                                  tuning=replace(tuning, seed=tuning.seed + k) if tuning is not None else None)
+                                  tuning=replace(tuning, seed=tuning.seed + k) if tuning is not None else None,
+                                  smooth=smooth)
                    for k in range(ensemble)]
         return combine_explanations(members)
     device = next(C.parameters()).device
@@ -146,7 +176,8 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
         mse, psnr, ssim = image_quality(recon, images)
         quality = {"mse": mse, "psnr": psnr, "ssim": ssim, "delta_prob": (prob_recon - inv.prob_target).abs(),
                    "ssim_latent": inv.ssim}
-    accumulated = accumulated_difference(interp.frames)
+    accumulated = smooth_maps(accumulated_difference(interp.frames), smooth)
+    maps = {k: smooth_maps(v, smooth) for k, v in maps.items()}  # after the completeness errors
     negative = interp.frames[:, 0]
     out = []
     for b in range(images.shape[0]):
@@ -164,6 +195,7 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
             completeness={k: float(v[b]) for k, v in completeness.items()},
             name=names[b] if names is not None else f"image_{b}",
             mask=masks[b].detach().cpu().bool() if masks is not None else None,
+            smoothing=float(smooth),
         ))
     return out
 
@@ -216,4 +248,4 @@ def combine_explanations(members: Sequence[Sequence[Explanation]]) -> list[Expla
     return out
 
 
-__all__ = ["DEFAULT_METHODS", "Explanation", "combine_explanations", "explain_images"]
+__all__ = ["DEFAULT_METHODS", "Explanation", "combine_explanations", "explain_images", "smooth_maps"]
