@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
@@ -16,6 +17,13 @@ from medxgan.tuning import TuningConfig, tune_generator
 DEFAULT_METHODS = ("difference", "lig", "gradcam", "ig", "ig_negative")
 
 
+def _check_sigma(sigma) -> float:
+    sigma = float(sigma)
+    if not (sigma >= 0 and math.isfinite(sigma)):
+        raise ValueError(f"the smoothing sigma must be a non-negative number of pixels, got {sigma}")
+    return sigma
+
+
 def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """``maps`` [..., H, W] blurred over the last two axes by a Gaussian of ``sigma`` pixels
     (``scipy.ndimage.gaussian_filter``, edges mirrored about the pixel border, truncated at
@@ -28,9 +36,7 @@ def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     where anatomy shifted; after the blur the largest value marks where the change is
     concentrated over a neighbourhood of about ``sigma`` pixels (docs/RESULTS.md, session 21).
     """
-    sigma = float(sigma)
-    if not (sigma >= 0 and sigma == sigma and sigma != float("inf")):
-        raise ValueError(f"the smoothing sigma must be a non-negative number of pixels, got {sigma}")
+    sigma = _check_sigma(sigma)
     if sigma == 0:
         return maps
     from scipy.ndimage import gaussian_filter
@@ -129,7 +135,7 @@ def explain_images(G, C, images: torch.Tensor, methods=DEFAULT_METHODS,
     """
     if ensemble < 1:
         raise ValueError(f"ensemble must be at least 1, got {ensemble}")
-    smooth_maps(torch.zeros(1, 1), smooth)  # a bad sigma fails before any work
+    _check_sigma(smooth)  # a bad sigma fails before any work
     if ensemble > 1:  # member k is exactly the single explanation with inversion seed + k
         members = [explain_images(G, C, images, methods=methods, inversion=replace(inversion, seed=inversion.seed + k),
                                   n_frames=n_frames, lig_steps=lig_steps, target=target, progress=progress,
