@@ -2,8 +2,8 @@
 ``medxgan explain`` run, so that settings can be compared without redoing the inversion.
 
     python bench/tuning_sweep.py --model RUN --explain OUT [--first 0 --n 10] [--steps 1500]
-        [--lr 1e-4 --proximity-weight 0.2 --proximity-delta 0 --smooth-weight 0.3 --change-weight 0 --neg-views 0] [--lig-steps 16]
-        [--names A,B,...] [--threads 1] [--json F]
+        [--lr 1e-4 --proximity-weight 0.2 --proximity-delta 0 --proximity-sigma 0 --neg-target 0 --smooth-weight 0.3 --change-weight 0 --neg-views 0] [--lig-steps 16]
+        [--names A,B,...] [--smooth SIGMA ...] [--threads 1] [--json F]
 
 For each image of ``OUT`` (in name order, ``--first`` on, ``--n`` of them; or the images that
 ``--names`` lists, by file stem without extensions, e.g. ``positive_phantom_00017``) it reads the image and
@@ -44,16 +44,25 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--proximity-weight", type=float, default=None)
     ap.add_argument("--proximity-delta", type=float, default=None, help="0 = L1 proximity; D > 0: the log penalty")
+    ap.add_argument("--proximity-sigma", type=float, default=None, help="0 = per-pixel log penalty; PX > 0: on |change| "
+                    "averaged over a Gaussian window of PX pixels")
+    ap.add_argument("--neg-target", type=float, default=None, help="0 = push P(negative realization) toward 0; "
+                    "p > 0: stop at p")
+    ap.add_argument("--smooth", type=float, action="append", default=[], metavar="SIGMA",
+                    help="also score the maps blurred by medxgan.explain.smooth_maps with this sigma (repeatable)")
     ap.add_argument("--smooth-weight", type=float, default=None)
     ap.add_argument("--change-weight", type=float, default=None)
     ap.add_argument("--neg-views", type=int, default=None)
     ap.add_argument("--lig-steps", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--save-maps", metavar="DIR", help="also write each image's x, reconstruction, negative realization "
+                    "and LIG map (and mask) to DIR/<name>.npz, to look at the misses")
     ap.add_argument("--json", help="where to write the numbers (default: bench-tuning-sweep.json)")
     args = ap.parse_args(argv)
 
     from medxgan.checkpoint import load_medxgan
     from medxgan.evaluate.localisation import localisation_scores
+    from medxgan.explain import smooth_maps
     from medxgan.explain.latent import latent_integrated_gradients, path_endpoints
     from medxgan.inversion import image_quality
     from medxgan.tuning import TuningConfig, tune_generator
@@ -61,7 +70,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     given = {"steps": args.steps, "lr": args.lr, "proximity_weight": args.proximity_weight,
-             "proximity_delta": args.proximity_delta, "smooth_weight": args.smooth_weight, "change_weight": args.change_weight, "neg_views": args.neg_views}
+             "proximity_delta": args.proximity_delta, "proximity_sigma": args.proximity_sigma,
+             "neg_target": args.neg_target, "smooth_weight": args.smooth_weight, "change_weight": args.change_weight, "neg_views": args.neg_views}
     cfg = TuningConfig(**{k: v for k, v in given.items() if v is not None})
     if args.first < 0 or args.n < 1 or args.lig_steps < 1:
         raise MedxganError("--first must be >= 0, --n and --lig-steps >= 1")
@@ -105,6 +115,11 @@ def main(argv=None) -> int:
             diffs.append((recon - negative).abs()[0])
             ligs.append(latent_integrated_gradients(tuned, C, z1, z2, n_steps=args.lig_steps)[0])
             masks.append(mask)
+        if args.save_maps:
+            Path(args.save_maps).mkdir(parents=True, exist_ok=True)
+            extra = {"mask": mask.numpy(), "lig": ligs[-1].numpy()} if mask is not None else {}
+            np.savez_compressed(Path(args.save_maps) / f"{path.stem.split('.')[0]}.npz", image=x[0].numpy(),
+                                reconstruction=recon[0].numpy(), negative=negative[0].numpy(), **extra)
         print(f"{path.stem}: SSIM {ssim:.3f}, P(negative realization) {p_neg:.3f}, {seconds:.1f} s", flush=True)
     record = {"machine": B.machine("cpu"), "config": dataclasses.asdict(cfg),
               "explain": str(args.explain), "first": args.first, "n": len(rows), "seconds": time.perf_counter() - t0,
@@ -115,8 +130,12 @@ def main(argv=None) -> int:
     if masks:
         m = torch.stack(masks)
         masked = [r for r in rows if r["masked"]]
-        for name, maps in (("difference", diffs), ("lig", ligs)):
-            s = localisation_scores(torch.stack(maps), m)
+        scored = [("difference", diffs), ("lig", ligs)]
+        for sigma in args.smooth:
+            scored += [(f"difference_smooth{sigma:g}", smooth_maps(torch.stack(diffs), sigma)),
+                       (f"lig_smooth{sigma:g}", smooth_maps(torch.stack(ligs), sigma))]
+        for name, maps in scored:
+            s = localisation_scores(torch.stack(list(maps)), m)
             for r, hit in zip(masked, s["pointing_game"]):
                 r[f"{name}_hit"] = bool(hit)
             record[f"{name}_pointing_game"] = float(np.mean(s["pointing_game"]))

@@ -119,11 +119,26 @@ def test_tuning_sweep_on_the_quick_demo(demo_run, tmp_path):
     out = tmp_path / "named.json"
     proc = subprocess.run([sys.executable, str(BENCH / "tuning_sweep.py"), "--model", str(run / "medxgan"),
                            "--explain", str(run / "report"), "--names", stems[-1], "--steps", "5", "--lig-steps", "2",
-                           "--threads", "1", "--json", str(out)], capture_output=True, text=True)
+                           "--threads", "1", "--smooth", "2", "--save-maps", str(tmp_path / "maps"), "--json", str(out)],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     named = json.loads(out.read_text())
     assert [r["name"].split(".")[0] for r in named["per_image"]] == [stems[-1]]
     assert float(named["per_image"][0]["difference_hit"]) == named["difference_pointing_game"]
+    # the saved maps are the ones scored: rescored here, raw and blurred, they give the recorded numbers
+    import numpy as np
+    import torch
+    from medxgan.evaluate.localisation import localisation_scores
+    from medxgan.explain import smooth_maps
+
+    with np.load(tmp_path / "maps" / f"{stems[-1]}.npz") as d:
+        diff = torch.from_numpy(np.abs(d["reconstruction"] - d["negative"]))[None]
+        mask = torch.from_numpy(d["mask"])[None].bool()
+        assert d["image"].shape == d["lig"].shape == d["negative"].shape
+    for key, maps in (("difference", diff), ("difference_smooth2", smooth_maps(diff, 2.0))):
+        s = localisation_scores(maps, mask)
+        assert float(np.mean(s["pointing_game"])) == named[f"{key}_pointing_game"]
+        assert abs(float(np.mean(s["auprc"])) - named[f"{key}_auprc"]) < 1e-6
     proc = subprocess.run([sys.executable, str(BENCH / "tuning_sweep.py"), "--model", str(run / "medxgan"),
                            "--explain", str(run / "report"), "--names", "no_such_image", "--json", str(tmp_path / "y.json")],
                           capture_output=True, text=True)

@@ -11,7 +11,7 @@ from medxgan.errors import MedxganError
 from medxgan.explain import explain_images
 from medxgan.inversion import InversionConfig
 from medxgan.augment import classifier_augment
-from medxgan.tuning import TuningConfig, negative_term, proximity, total_variation, tune_generator, tuning_loss, tuning_settings
+from medxgan.tuning import TuningConfig, local_mean, negative_term, proximity, total_variation, tune_generator, tuning_loss, tuning_settings
 from toy_models import tiny_models
 from conftest import assert_one_line_error, run_cli  # noqa: F401  (demo_run is a conftest fixture)
 
@@ -179,6 +179,71 @@ def test_log_proximity_known_answers_and_it_prefers_one_deep_change_to_two_shall
     assert tuning_settings(TuningConfig(proximity_delta=0.05))["proximity_delta"] == 0.05
 
 
+def test_regional_log_proximity_known_answers_and_it_charges_thin_changes_more_than_compact_ones():
+    # local_mean is scipy's Gaussian filter with edges mirrored about the edge pixel ("mirror")
+    from scipy.ndimage import gaussian_filter
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 1, 12, 12, generator=gen, dtype=torch.float64)
+    expected = gaussian_filter(x.numpy(), sigma=[0, 0, 1.5, 1.5], mode="mirror", truncate=4.0)
+    assert torch.allclose(local_mean(x, 1.5), torch.from_numpy(expected), atol=1e-12)
+    # a constant change is its own local mean: the regional penalty equals the per-pixel one
+    flat = torch.full((1, 1, 8, 8), 0.3)
+    assert torch.allclose(proximity(flat, 0.05, 2.0), proximity(flat, 0.05))
+    # the same L1 mass as a compact 6x6 block or as a one-pixel-wide line: per pixel, the line (deeper) is
+    # cheaper; per region, the block is, because the line's local mean is shallow
+    block, line = torch.zeros(1, 1, 32, 32), torch.zeros(1, 1, 32, 32)
+    block[..., 12:18, 12:18] = 0.4
+    line[..., 20, :] = 0.45
+    assert torch.allclose(proximity(block), proximity(line))
+    assert float(proximity(line, 0.05)) < float(proximity(block, 0.05))
+    assert float(proximity(block, 0.05, 2.0)) < float(proximity(line, 0.05, 2.0))
+    # the tuning loss uses it; a run without it keeps its fingerprint; without the log penalty it is refused
+    G, C = tiny_models()
+    G.eval()
+    z1, z2 = _latents(G)
+    xi = torch.rand(1, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        lg, _, neg = tuning_loss(G, C, z1, z2, xi, torch.tensor([0.8]), TuningConfig(proximity_delta=0.05))
+        lr, _, _ = tuning_loss(G, C, z1, z2, xi, torch.tensor([0.8]), TuningConfig(proximity_delta=0.05, proximity_sigma=2.0))
+    m = local_mean((xi - neg).abs(), 2.0)
+    expected = 0.2 * ((0.05 * torch.log1p(m / 0.05)).mean() - (0.05 * torch.log1p((xi - neg).abs() / 0.05)).mean())
+    assert torch.allclose(lr - lg, expected, atol=1e-6)
+    assert "proximity_sigma" not in tuning_settings(TuningConfig(proximity_delta=0.05))
+    assert tuning_settings(TuningConfig(proximity_delta=0.05, proximity_sigma=2.0))["proximity_sigma"] == 2.0
+    with pytest.raises(MedxganError, match="proximity_delta"):
+        TuningConfig(proximity_sigma=2.0)
+
+
+def test_the_negative_target_stops_the_push_once_the_negative_is_negative_enough():
+    G, C = tiny_models()
+    G.eval()
+    z1, z2 = _latents(G)
+    x = torch.rand(1, 1, 16, 16) * 2 - 1
+    p = torch.tensor([0.8])
+    with torch.no_grad():
+        neg = G(z1, torch.zeros_like(z2))
+        q = float(C.positive_prob(neg))
+        base, _, _ = tuning_loss(G, C, z1, z2, x, p, TuningConfig(neg_weight=0.0))
+        full, _, _ = tuning_loss(G, C, z1, z2, x, p, TuningConfig())
+        # a target above P: the term is 0; below it: -log(1 - P) + log(1 - target)
+        above, _, _ = tuning_loss(G, C, z1, z2, x, p, TuningConfig(neg_target=min(0.999, q + 0.05)))
+        below, _, _ = tuning_loss(G, C, z1, z2, x, p, TuningConfig(neg_target=q / 2))
+    assert torch.allclose(above, base, atol=1e-6)
+    assert torch.allclose(below, full + math.log1p(-q / 2), atol=1e-5)
+    assert "neg_target" not in tuning_settings(TuningConfig())
+    assert tuning_settings(TuningConfig(neg_target=0.05))["neg_target"] == 0.05
+    # tuned with a target, the negative realization ends near it, not pushed far below it
+    gen = torch.Generator().manual_seed(5)
+    xi = torch.rand(1, 1, 16, 16, generator=gen) * 2 - 1
+    probs = {}
+    for target in (0.0, 0.3):
+        tuned = tune_generator(G, C, xi, z1, z2, TuningConfig(steps=150, lr=2e-3, neg_weight=3.0, neg_target=target))
+        with torch.no_grad():
+            probs[target] = float(C.positive_prob(tuned(z1, torch.zeros_like(z2))))
+    assert probs[0.0] < 0.3 and probs[0.0] < probs[0.3] < 0.45
+
+
 def test_tuning_refuses_batches_and_nan_and_bad_settings():
     G, C = tiny_models()
     z1, z2 = _latents(G)
@@ -188,7 +253,9 @@ def test_tuning_refuses_batches_and_nan_and_bad_settings():
         tune_generator(G, C, torch.full((1, 1, 16, 16), float("nan")), z1, z2, TuningConfig(steps=1))
     for bad in ({"steps": 0}, {"lr": 0.0}, {"lr": float("nan")}, {"change_weight": -1.0}, {"neg_weight": float("inf")},
                 {"smooth_weight": -0.5}, {"proximity_weight": float("nan")}, {"neg_views": -1}, {"neg_views": 1.5},
-                {"proximity_delta": -0.1}, {"proximity_delta": float("inf")}):
+                {"proximity_delta": -0.1}, {"proximity_delta": float("inf")}, {"proximity_sigma": float("nan")},
+                {"proximity_delta": 0.05, "proximity_sigma": -1.0}, {"neg_target": 1.0}, {"neg_target": -0.1},
+                {"neg_target": float("nan")}):
         with pytest.raises(MedxganError):
             TuningConfig(**bad)
 
@@ -238,6 +305,12 @@ def test_cli_explain_with_tuning(demo_run, tmp_path):
     assert_one_line_error(rc, err, "lr")
     rc, _, err = run_cli(*args, "--out", tmp_path / "e6", "--tune-neg-views", "2")
     assert_one_line_error(rc, err, "--tune-steps")
+    rc, _, err = run_cli(*args, "--out", tmp_path / "e10", "--tune-neg-target", "0.05")
+    assert_one_line_error(rc, err, "--tune-steps")
+    rc, _, err = run_cli(*args, "--out", tmp_path / "e11", "--tune-steps", "5", "--tune-proximity-sigma", "2")
+    assert_one_line_error(rc, err, "proximity_delta")
+    rc, _, err = run_cli(*args, "--out", tmp_path / "e12", "--tune-steps", "5", "--tune-neg-target", "1.5")
+    assert_one_line_error(rc, err, "neg_target")
     rc, _, err = run_cli(*args, "--out", tmp_path / "e7", "--tune-steps", "5", "--tune-neg-views", "-1")
     assert_one_line_error(rc, err, "neg_views")
     rc, _, err = run_cli(*args, "--out", tmp_path / "e8", "--tune-proximity-delta", "0.05")
@@ -253,10 +326,16 @@ def test_cli_explain_with_tuning(demo_run, tmp_path):
     rc, _, se = run_cli(*args, "--out", tmp_path / "d", "--tune-steps", "3", "--tune-proximity-delta", "0.05")
     assert rc == 0, se
     assert json.loads((tmp_path / "d/manifest.json").read_text())["settings"]["tuning"]["proximity_delta"] == 0.05
+    rc, _, se = run_cli(*args, "--out", tmp_path / "r", "--tune-steps", "3", "--tune-proximity-delta", "0.05",
+                        "--tune-proximity-sigma", "2", "--tune-neg-target", "0.05")
+    assert rc == 0, se
+    tuning = json.loads((tmp_path / "r/manifest.json").read_text())["settings"]["tuning"]
+    assert tuning["proximity_sigma"] == 2.0 and tuning["neg_target"] == 0.05
     rc, _, err = run_cli("explain", "--model", out / "medxgan", "--data", out / "phantoms", "--n", "1", "--paper-inversion",
                          "--tune-steps", "5", "--out", tmp_path / "e4", "--no-progress")
     assert_one_line_error(rc, err, "--paper-inversion")
-    assert not any((tmp_path / d).exists() and any((tmp_path / d).iterdir()) for d in ("e1", "e2", "e3", "e4", "e6", "e7", "e8", "e9"))
+    assert not any((tmp_path / d).exists() and any((tmp_path / d).iterdir()) for d in ("e1", "e2", "e3", "e4", "e6", "e7", "e8", "e9",
+                                                                                 "e10", "e11", "e12"))
     # option mistakes are named before any model or data is read: a missing model is not what is reported
     rc, _, err = run_cli("explain", "--model", tmp_path / "no-such-run", "--data", tmp_path / "no-such-data", "--tune-lr", "1e-3",
                          "--out", tmp_path / "e5", "--no-progress")

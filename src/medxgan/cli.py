@@ -782,6 +782,13 @@ def _add_tuning_args(p) -> None:
     p.add_argument("--tune-proximity-delta", type=float, metavar="D",
                    help="generator tuning: measure that change with the log penalty D*log(1 + |x - G'(z1,0)|/D) instead of "
                         "L1, so one deep change costs less than two shallow ones (default 0 = L1; docs/RESULTS.md, session 20)")
+    p.add_argument("--tune-proximity-sigma", type=float, metavar="PX",
+                   help="generator tuning, with --tune-proximity-delta: apply the log penalty to |x - G'(z1,0)| averaged over a "
+                        "Gaussian window of PX pixels, so it is a region's depth of change that gets cheaper, not a pixel's "
+                        "(default 0 = per pixel; docs/RESULTS.md, session 22)")
+    p.add_argument("--tune-neg-target", type=float, metavar="P",
+                   help="generator tuning: stop pushing the negative realization's P(positive) down once it is below P "
+                        "(a hinge on -log(1 - P_C); default 0 = push toward 0 without end)")
     p.add_argument("--tune-smooth-weight", type=float, metavar="W",
                    help="generator tuning: weight of the total variation of G'(z1,z2) - G'(z1,0), a change in connected regions "
                         "rather than speckle (default 0.3; 0 = off)")
@@ -802,11 +809,14 @@ def _tuning_config(args):
         raise MedxganError(f"--tune-steps must be non-negative, got {args.tune_steps}")
     if not args.tune_steps:
         if any(v is not None for v in (args.tune_lr, args.tune_proximity_weight, args.tune_proximity_delta,
+                                       args.tune_proximity_sigma, args.tune_neg_target,
                                        args.tune_smooth_weight, args.tune_change_weight, args.tune_neg_views)):
-            raise MedxganError("--tune-lr / --tune-proximity-weight / --tune-proximity-delta / --tune-smooth-weight / "
-                               "--tune-change-weight / --tune-neg-views need --tune-steps N")
+            raise MedxganError("--tune-lr / --tune-proximity-weight / --tune-proximity-delta / --tune-proximity-sigma / "
+                               "--tune-neg-target / --tune-smooth-weight / --tune-change-weight / --tune-neg-views "
+                               "need --tune-steps N")
         return None
     given = {"lr": args.tune_lr, "proximity_weight": args.tune_proximity_weight, "proximity_delta": args.tune_proximity_delta,
+             "proximity_sigma": args.tune_proximity_sigma, "neg_target": args.tune_neg_target,
              "smooth_weight": args.tune_smooth_weight,
              "change_weight": args.tune_change_weight, "neg_views": args.tune_neg_views}
     return TuningConfig(steps=args.tune_steps, seed=getattr(args, "seed", 0) or 0,

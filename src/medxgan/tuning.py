@@ -70,6 +70,14 @@ class TuningConfig:
     # the same for changes much smaller than delta, ever cheaper per unit for larger ones (a log penalty, the
     # concave surrogate of counting changed pixels; Candes, Wakin & Boyd 2008): one deep change over two shallow ones
     proximity_delta: float = 0.0
+    # 0: the log penalty acts on each pixel's |change|. sigma > 0 (with delta > 0): on the change's local mean
+    # magnitude, |change| averaged over a Gaussian window of sigma px, so that the penalty is concave in the depth of
+    # a *region's* change: a compact deep change costs less than the same change spread thin or split over regions
+    proximity_sigma: float = 0.0
+    # 0: the negative term pushes P_C(G'(z1, neg)) toward 0 without end. p in (0, 1): it stops at p (a hinge on
+    # -log(1 - P) at -log(1 - p); the confidence margin of Carlini & Wagner 2017), so that once the negative
+    # realization is negative enough only the proximity and smoothness terms act on it
+    neg_target: float = 0.0
     neg_views: int = 0  # 0: the negative term on G'(z1, neg) alone; K: its mean over it and K augmented views
     seed: int = 0  # seeds the augmented views' draws (the same image and seed: the same tuned weights)
 
@@ -85,17 +93,25 @@ class TuningConfig:
             raise MedxganError(f"tuning {', '.join(bad)} must be non-negative numbers")
         if not (self.proximity_delta >= 0 and math.isfinite(self.proximity_delta)):
             raise MedxganError(f"tuning proximity_delta must be a non-negative number (0 = L1), got {self.proximity_delta}")
+        if not (self.proximity_sigma >= 0 and math.isfinite(self.proximity_sigma)):
+            raise MedxganError(f"tuning proximity_sigma must be a non-negative number of pixels, got {self.proximity_sigma}")
+        if self.proximity_sigma > 0 and not self.proximity_delta > 0:
+            raise MedxganError("tuning proximity_sigma needs proximity_delta > 0 (averaging |change| before an L1 "
+                               "penalty changes nothing)")
+        if not (0 <= self.neg_target < 1):
+            raise MedxganError(f"tuning neg_target must be a probability in [0, 1) (0 = off), got {self.neg_target}")
         if not (isinstance(self.neg_views, int) and 0 <= self.neg_views <= 256):
             raise MedxganError(f"tuning neg_views must be an integer from 0 to 256, got {self.neg_views}")
 
 
 def tuning_settings(cfg: TuningConfig) -> dict:
     """The config as a dict for run fingerprints: without the augmented views' fields and the log
-    proximity's delta while they are off, so that runs made before they existed keep their
+    proximity's delta, sigma and the negative target while they are off, so that runs made before they existed keep their
     fingerprint (and resume)."""
     d = dataclasses.asdict(cfg)
-    if not cfg.proximity_delta:
-        d.pop("proximity_delta")
+    for key in ("proximity_delta", "proximity_sigma", "neg_target"):
+        if not d[key]:
+            d.pop(key)
     if not cfg.neg_views:
         d.pop("neg_views"), d.pop("seed")
     return d
@@ -119,9 +135,12 @@ def tuning_loss(G, C, z1: torch.Tensor, z2: torch.Tensor, x: torch.Tensor, prob_
         bce = F.binary_cross_entropy_with_logits(C.positive_logit(recon), prob_target, reduction="none")
         loss = loss + cfg.cls_weight * (bce - binary_entropy(prob_target))
     if cfg.neg_weight > 0:
-        loss = loss + cfg.neg_weight * negative_term(C, negative, cfg.neg_views, generator)
+        term = negative_term(C, negative, cfg.neg_views, generator)
+        if cfg.neg_target > 0:
+            term = F.relu(term + math.log1p(-cfg.neg_target))
+        loss = loss + cfg.neg_weight * term
     if cfg.proximity_weight > 0:
-        loss = loss + cfg.proximity_weight * proximity(x - negative, cfg.proximity_delta)
+        loss = loss + cfg.proximity_weight * proximity(x - negative, cfg.proximity_delta, cfg.proximity_sigma)
     if cfg.smooth_weight > 0:
         loss = loss + cfg.smooth_weight * total_variation(recon - negative)
     if cfg.change_weight > 0:
@@ -142,14 +161,32 @@ def negative_term(C, negative: torch.Tensor, views: int = 0, generator: torch.Ge
     return F.softplus(logits).view(views + 1, n).mean(0)
 
 
-def proximity(change: torch.Tensor, delta: float = 0.0) -> torch.Tensor:
+def proximity(change: torch.Tensor, delta: float = 0.0, sigma: float = 0.0) -> torch.Tensor:
     """[B] cost of a change of [B,C,H,W] pixels: mean |change| (delta = 0), or mean
-    delta * log(1 + |change| / delta), which equals |change| to first order for changes much smaller
-    than delta and grows only logarithmically beyond it, so that deepening a change already made
-    costs less than starting another elsewhere."""
+    delta * log(1 + m / delta) with m = |change|, which equals |change| to first order for changes much
+    smaller than delta and grows only logarithmically beyond it, so that deepening a change already made
+    costs less than starting another elsewhere. With ``sigma`` > 0, m is |change| averaged over a
+    Gaussian window of sigma pixels (:func:`local_mean`): the concavity is then in a region's depth of
+    change, and a thin or scattered change (a rim, speckle, a faint shift over much of the scan) pays
+    nearly its full L1 cost while a compact deep one is cheap."""
     if delta <= 0:
         return change.abs().flatten(1).mean(1)
-    return (delta * torch.log1p(change.abs() / delta)).flatten(1).mean(1)
+    magnitude = change.abs() if sigma <= 0 else local_mean(change.abs(), sigma)
+    return (delta * torch.log1p(magnitude / delta)).flatten(1).mean(1)
+
+
+def local_mean(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """[B,C,H,W] Gaussian-weighted local mean of [B,C,H,W] maps (separable kernel truncated at 4 sigma,
+    edges mirrored), differentiable."""
+    radius = min(int(math.ceil(4 * sigma)), x.shape[-1] - 1, x.shape[-2] - 1)
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    b, c, h, w = x.shape
+    y = x.reshape(b * c, 1, h, w)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
+    return y.view(b, c, h, w)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -204,4 +241,4 @@ def tune_generator(G: nn.Module, C: nn.Module, x: torch.Tensor, z1: torch.Tensor
     return tuned.requires_grad_(False)
 
 
-__all__ = ["TuningConfig", "negative_term", "proximity", "total_variation", "tune_generator", "tuning_loss", "tuning_settings"]
+__all__ = ["TuningConfig", "local_mean", "negative_term", "proximity", "total_variation", "tune_generator", "tuning_loss", "tuning_settings"]
