@@ -130,12 +130,11 @@ def main(argv=None) -> int:
     if masks:
         m = torch.stack(masks)
         masked = [r for r in rows if r["masked"]]
-        scored = [("difference", diffs), ("lig", ligs)]
-        for sigma in args.smooth:
-            scored += [(f"difference_smooth{sigma:g}", smooth_maps(torch.stack(diffs), sigma)),
-                       (f"lig_smooth{sigma:g}", smooth_maps(torch.stack(ligs), sigma))]
+        raw = {"difference": torch.stack(diffs), "lig": torch.stack(ligs)}
+        scored = list(raw.items()) + [(f"{name}_smooth{sigma:g}", smooth_maps(maps, sigma))
+                                      for sigma in args.smooth for name, maps in raw.items()]
         for name, maps in scored:
-            s = localisation_scores(torch.stack(list(maps)), m)
+            s = localisation_scores(maps, m)
             for r, hit in zip(masked, s["pointing_game"]):
                 r[f"{name}_hit"] = bool(hit)
             record[f"{name}_pointing_game"] = float(np.mean(s["pointing_game"]))

@@ -36,6 +36,11 @@ pixel alignment does not satisfy it; one with the lesion removed does. Off by de
 more classifier passes per step, and on the 100 phantom test positives it did not move the
 pointing game (docs/RESULTS.md, "Sessions 15–17").
 
+Two more options, off by default, were measured on 50 validation positives without a gain
+(docs/RESULTS.md, "Session 22"): ``proximity_sigma`` applies the log proximity to |change| averaged
+over a Gaussian window, so that a region's depth of change, not a pixel's, gets cheaper; and
+``neg_target`` stops the negative term once P_C(G'(z1, neg)) is below the target.
+
 Cost: ``steps`` forward and backward passes of G (twice: both codes) and C, one image at a time
 (every image gets its own copy of the weights). Off unless asked for (``explain --tune-steps``,
 ``evaluate --tune-steps``).
@@ -105,9 +110,9 @@ class TuningConfig:
 
 
 def tuning_settings(cfg: TuningConfig) -> dict:
-    """The config as a dict for run fingerprints: without the augmented views' fields and the log
-    proximity's delta, sigma and the negative target while they are off, so that runs made before they existed keep their
-    fingerprint (and resume)."""
+    """The config as a dict for run fingerprints: without the augmented views' fields, the log
+    proximity's delta and sigma and the negative target while they are off, so that runs made
+    before they existed keep their fingerprint (and resume)."""
     d = dataclasses.asdict(cfg)
     for key in ("proximity_delta", "proximity_sigma", "neg_target"):
         if not d[key]:
